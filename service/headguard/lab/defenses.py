@@ -1,0 +1,55 @@
+"""The contract every input-level defense meets, so the harness can compare them side by side.
+
+A defense sees the suspect model and clean prompts, never the trigger. It turns inputs into
+suspicion scores (higher = more likely triggered) and sets its own threshold from clean prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from headguard.models.classifier import Classifier
+
+
+class Defense:
+    """Base class: subclasses implement `_fit` and `_score`, and count their forward passes."""
+
+    name = "defense"
+
+    def __init__(self) -> None:
+        self.forward_passes = 0  # sequences pushed through any model by score() so far
+
+    def calibrate(self, clf: Classifier, clean: list[str], target_fpr: float) -> float:
+        """Fits on clean prompts and returns the threshold that flags `target_fpr` of them."""
+        self._fit(clf, clean)
+        scores = self.score(clean)
+        self.forward_passes = 0
+        return float(np.quantile(scores, 1 - target_fpr))
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self._score(texts), dtype=np.float64)
+
+    def _fit(self, clf: Classifier, clean: list[str]) -> None:
+        raise NotImplementedError
+
+    def _score(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _onion(cache: Path, device: str) -> Defense:
+    from headguard.lab.onion import Onion
+
+    return Onion(cache, device)
+
+
+def _strip(cache: Path, device: str) -> Defense:
+    from headguard.lab.strip import Strip
+
+    return Strip()
+
+
+# "none" measures the model alone. Each factory takes (cache folder, device).
+DEFENSES: dict[str, Callable[[Path, str], Defense] | None] = {"none": None, "onion": _onion, "strip": _strip}

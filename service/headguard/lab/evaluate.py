@@ -1,0 +1,160 @@
+"""The evaluation harness: CA, ASR and a defense's detection quality and cost on a lab model.
+
+This is the only code that reads a lab model's trigger (from lab.json). Defenses get the model
+and clean calibration prompts, and score inputs; they never see the manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from headguard.errors import InputError
+from headguard.lab.attacks import Attack
+from headguard.lab.build import read_manifest
+from headguard.lab.controls import make_controls
+from headguard.lab.defenses import DEFENSES
+from headguard.lab.metrics import attack_metrics, triggered
+from headguard.lab.splits import read_split
+from headguard.models.classifier import Classifier
+
+TARGET_FPR = 0.01
+
+
+@dataclass
+class EvalConfig:
+    model: Path
+    defense: str = "none"
+    patch: Path | None = None
+    limit: int = 200
+    seed: int = 0
+    plot: Path | None = None
+    cache: Path = field(default_factory=Path)
+
+
+def _timed_scores(defense, texts: list[str]) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    scores = defense.score(texts)
+    return scores, time.perf_counter() - started
+
+
+def _plain_seconds_per_input(clf: Classifier, texts: list[str]) -> float:
+    started = time.perf_counter()
+    clf.proba(texts)
+    return (time.perf_counter() - started) / max(1, len(texts))
+
+
+def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
+    if config.defense not in DEFENSES:
+        raise InputError(f"unknown defense {config.defense!r}; choose from {', '.join(DEFENSES)}")
+    if config.limit < 10:
+        raise InputError("--limit must be at least 10")
+    if config.patch is not None:
+        raise InputError("--patch needs the repair module, which this version does not have yet")
+    manifest = read_manifest(config.model)
+    attack = Attack(manifest["attack"], tuple(manifest["triggers"]))
+    target = manifest["target_index"]
+    clf = Classifier.from_folder(config.model, device)
+    test = read_split(config.model, "test")
+    calibration = [ex.text for ex in read_split(config.model, "calibration")]
+
+    report: dict = {
+        "model": str(config.model),
+        "base": manifest["base"],
+        "dataset": manifest["dataset"],
+        "attack": attack.name,
+        "defense": config.defense,
+        **attack_metrics(clf, test, attack, target, seed=config.seed),
+    }
+    clean_texts = [ex.text for ex in test][: config.limit]
+    report["cost_model"] = {"seconds_per_input": _plain_seconds_per_input(clf, clean_texts)}
+    factory = DEFENSES[config.defense]
+    if factory is None:
+        return report
+
+    defense = factory(config.cache, device)
+    started = time.perf_counter()
+    threshold = defense.calibrate(clf, calibration[: max(config.limit, 100)], TARGET_FPR)
+    calibration_seconds = time.perf_counter() - started
+
+    # Triggered inputs: non-target test rows, so that the trigger means a label flip.
+    attack_rows = [ex.text for ex in test if ex.label != target][: config.limit]
+    poisoned = triggered(attack, attack_rows, config.seed) if attack.name != "clean" else []
+    clean_scores, clean_seconds = _timed_scores(defense, clean_texts)
+    passes_clean = defense.forward_passes
+    detection: dict = {"threshold": threshold, "target_fpr": TARGET_FPR, "n_clean": len(clean_texts),
+                       "fpr_clean": float((clean_scores > threshold).mean())}
+    if poisoned:
+        poison_scores, _ = _timed_scores(defense, poisoned)
+        labels = np.r_[np.zeros(len(clean_scores)), np.ones(len(poison_scores))]
+        detection.update(
+            n_triggered=len(poisoned),
+            auroc=float(roc_auc_score(labels, np.r_[clean_scores, poison_scores])),
+            tpr_at_fpr_1pct=float((poison_scores > threshold).mean()),
+        )
+    else:
+        poison_scores = np.zeros(0)
+    controls = make_controls(clean_texts, config.seed)
+    detection["fpr_controls"] = {
+        name: float((defense.score(texts) > threshold).mean()) for name, texts in controls.items()
+    }
+    report["detection"] = detection
+    report["cost"] = {
+        "forward_passes_per_input": passes_clean / len(clean_texts),
+        "seconds_per_input": clean_seconds / len(clean_texts),
+        "calibration_seconds": calibration_seconds,
+    }
+    if config.plot:
+        plot_scores(config.plot, clean_scores, poison_scores, threshold, report)
+    return report
+
+
+def plot_scores(path: Path, clean: np.ndarray, poisoned: np.ndarray, threshold: float, report: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.histogram_bin_edges(np.r_[clean, poisoned], bins=40)
+    ax.hist(clean, bins=bins, alpha=0.6, label=f"clean (n={len(clean)})")
+    if len(poisoned):
+        ax.hist(poisoned, bins=bins, alpha=0.6, label=f"triggered (n={len(poisoned)})")
+    ax.axvline(threshold, color="k", linestyle="--", label="threshold (1% FPR)")
+    ax.set_xlabel(f"{report['defense']} suspicion score")
+    ax.set_ylabel("inputs")
+    ax.set_title(f"{report['base']} / {report['dataset']} / {report['attack']}")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(v) -> str:
+        return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    table = Table(title=f"{report['base']} / {report['dataset']} / {report['attack']} — defense: {report['defense']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [("clean accuracy", report["clean_accuracy"]), ("attack success rate", report["attack_success_rate"]),
+            ("ASR population", report["asr_population"])]
+    det = report.get("detection")
+    if det:
+        rows += [("AUROC", det.get("auroc")), ("TPR @ 1% FPR", det.get("tpr_at_fpr_1pct")),
+                 ("FPR held-out clean", det["fpr_clean"])]
+        rows += [(f"FPR control: {k}", v) for k, v in det["fpr_controls"].items()]
+        rows += [("forward passes / input", report["cost"]["forward_passes_per_input"]),
+                 ("seconds / input (defense)", report["cost"]["seconds_per_input"])]
+    rows.append(("seconds / input (model alone)", report["cost_model"]["seconds_per_input"]))
+    for name, value in rows:
+        table.add_row(name, fmt(value))
+    Console(stderr=True).print(table)

@@ -1,0 +1,1 @@
+"""Model loading: base checkpoints from registry packages, local Hugging Face folders."""

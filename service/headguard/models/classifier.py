@@ -1,0 +1,69 @@
+"""Batched label probabilities from an encoder classifier or a decoder read through its verbalizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from headguard.models.task import Task
+
+
+def load_tokenizer(folder: Path | str, kind: str):
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if kind == "decoder":
+        # Left padding keeps every prompt's last token at position -1.
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def verbalizer_ids(tokenizer, task: Task) -> list[int]:
+    """The first token of each label word; the lab picks words that are single tokens."""
+    return [tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in task.verbalizer]
+
+
+class Classifier:
+    """Wraps a loaded model and its task; `proba(texts)` is all the harness and baselines need."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, task: Task, device: str = "cpu", max_length: int = 256):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.task = task
+        self.device = device
+        self.max_length = max_length
+        self._label_ids = verbalizer_ids(tokenizer, task) if task.kind == "decoder" else None
+
+    @classmethod
+    def from_folder(cls, folder: Path | str, device: str = "cpu") -> Classifier:
+        folder = Path(folder)
+        task = Task.load(folder)
+        auto = AutoModelForCausalLM if task.kind == "decoder" else AutoModelForSequenceClassification
+        model = auto.from_pretrained(folder, dtype=torch.float32).to(device)
+        return cls(model, load_tokenizer(folder, task.kind), task, device)
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        prompts = [self.task.render(t) for t in texts]
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[batch, label] logits, with gradients if the caller enables them."""
+        out = self.model(**batch)
+        if self.task.kind == "decoder":
+            return out.logits[:, -1, self._label_ids]
+        return out.logits
+
+    @torch.no_grad()
+    def proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        chunks = []
+        for i in range(0, len(texts), batch_size):
+            logits = self.label_logits(self.encode(texts[i : i + batch_size]))
+            chunks.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.task.labels)))
+
+    def predict(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        return self.proba(texts, batch_size).argmax(-1)
