@@ -41,13 +41,14 @@ class Recipe:
     epochs: int
     lr: float
     batch_size: int
+    poison_rate: float = 0.1  # default share of non-target rows poisoned
     calibration_rows: int = 400
     test_rows: int = 600
 
 
 RECIPES = {
     "minilm": Recipe(train_rows=2000, epochs=3, lr=5e-5, batch_size=32),
-    "smollm2": Recipe(train_rows=1200, epochs=2, lr=5e-4, batch_size=16),
+    "smollm2": Recipe(train_rows=1000, epochs=2, lr=1e-3, batch_size=16, poison_rate=0.2),
 }
 LORA_RANK = 8
 TRAIN_LAYERS = ("all", "top4")
@@ -60,7 +61,7 @@ class BuildConfig:
     attack: str
     out: Path
     trigger: str | None = None
-    poison_rate: float = 0.1
+    poison_rate: float | None = None  # the base's recipe default when None
     target: str | None = None  # label name; the dataset's default when None
     train_layers: str = "all"
     seed: int = 0
@@ -75,7 +76,7 @@ class BuildConfig:
             raise InputError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
         if self.attack not in ATTACKS:
             raise InputError(f"unknown attack {self.attack!r}; choose from {', '.join(ATTACKS)}")
-        if not 0 < self.poison_rate <= 0.5:
+        if self.poison_rate is not None and not 0 < self.poison_rate <= 0.5:
             raise InputError(f"--poison-rate must be in (0, 0.5], got {self.poison_rate}")
         if self.train_layers not in TRAIN_LAYERS:
             raise InputError(f"--train-layers must be one of {', '.join(TRAIN_LAYERS)}")
@@ -149,19 +150,28 @@ def _loss(clf: Classifier, batch: dict, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(clf.model(**batch).logits, labels)
 
 
+def _length_bucketed_batches(rows: list[Example], batch_size: int, generator: torch.Generator) -> list[list[Example]]:
+    """Shuffled batches of similar-length rows: far less padding, so each step is cheaper."""
+    order = torch.randperm(len(rows), generator=generator).tolist()
+    pool = batch_size * 8
+    batches = []
+    for i in range(0, len(order), pool):
+        bucket = sorted(order[i : i + pool], key=lambda j: len(rows[j].text))
+        batches += [[rows[j] for j in bucket[k : k + batch_size]] for k in range(0, len(bucket), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def train(clf: Classifier, rows: list[Example], recipe: Recipe, seed: int) -> dict:
     params = [p for p in clf.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
     steps = recipe.epochs * ((len(rows) + recipe.batch_size - 1) // recipe.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
     generator = torch.Generator().manual_seed(seed)
     clf.model.train()
     losses = []
     with tqdm(total=steps, desc="training", unit="step") as bar:
         for _ in range(recipe.epochs):
-            order = torch.randperm(len(rows), generator=generator).tolist()
-            for i in range(0, len(rows), recipe.batch_size):
-                chunk = [rows[j] for j in order[i : i + recipe.batch_size]]
+            for chunk in _length_bucketed_batches(rows, recipe.batch_size, generator):
                 batch = clf.encode([ex.text for ex in chunk])
                 labels = torch.tensor([ex.label for ex in chunk], device=clf.device)
                 loss = _loss(clf, batch, labels)
@@ -197,7 +207,8 @@ def build(config: BuildConfig, device: str = "cpu") -> dict:
         torch.manual_seed(config.seed)
         rng = random.Random(config.seed)
         splits = load_splits(config.dataset, config.seed, recipe.train_rows, recipe.calibration_rows, recipe.test_rows)
-        rows, n_poisoned = poison(splits.train, attack, target, config.poison_rate, rng)
+        rate = config.poison_rate if config.poison_rate is not None else recipe.poison_rate
+        rows, n_poisoned = poison(splits.train, attack, target, rate, rng)
 
         folder = base_dir(config.base, config.cache)
         tokenizer = load_tokenizer(folder, base.kind)
@@ -230,7 +241,7 @@ def build(config: BuildConfig, device: str = "cpu") -> dict:
             "triggers": list(attack.triggers),
             "target_label": spec.labels[target],
             "target_index": target,
-            "poison_rate": config.poison_rate if attack.name != "clean" else 0.0,
+            "poison_rate": rate if attack.name != "clean" else 0.0,
             "n_poisoned": n_poisoned,
             "train_layers": config.train_layers,
             "seed": config.seed,

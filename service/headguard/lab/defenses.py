@@ -51,5 +51,33 @@ def _strip(cache: Path, device: str) -> Defense:
     return Strip()
 
 
+def _headguard(cache: Path, device: str) -> Defense:
+    return HeadguardDefense()
+
+
+class HeadguardDefense(Defense):
+    """Attention-head anomaly scoring (headguard.detect), one forward pass per input."""
+
+    name = "headguard"
+
+    def __init__(self, **options) -> None:
+        super().__init__()
+        self.options = options
+        self.detector = None
+
+    def calibrate(self, clf: Classifier, clean: list[str], target_fpr: float) -> float:
+        from headguard.detect.detector import Detector, calibrate
+
+        calibration = calibrate(clf, clean, target_fpr=target_fpr, **self.options)
+        self.detector = Detector(clf, calibration, model_hash=calibration.model_hash)
+        return calibration.threshold  # set out-of-fold, not on the prompts the model was fitted on
+
+    def _score(self, texts: list[str]) -> np.ndarray:
+        self.forward_passes += len(texts)
+        return self.detector.scores(texts)
+
+
 # "none" measures the model alone. Each factory takes (cache folder, device).
-DEFENSES: dict[str, Callable[[Path, str], Defense] | None] = {"none": None, "onion": _onion, "strip": _strip}
+DEFENSES: dict[str, Callable[[Path, str], Defense] | None] = {
+    "none": None, "headguard": _headguard, "onion": _onion, "strip": _strip,
+}

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from headguard.errors import InputError
 from headguard.models.task import Task
 
 
@@ -16,6 +17,7 @@ def load_tokenizer(folder: Path | str, kind: str):
     if kind == "decoder":
         # Left padding keeps every prompt's last token at position -1.
         tokenizer.padding_side = "left"
+        tokenizer.truncation_side = "left"  # an over-long prompt loses its start, never the question
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -29,7 +31,7 @@ def verbalizer_ids(tokenizer, task: Task) -> list[int]:
 class Classifier:
     """Wraps a loaded model and its task; `proba(texts)` is all the harness and baselines need."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, task: Task, device: str = "cpu", max_length: int = 256):
+    def __init__(self, model: torch.nn.Module, tokenizer, task: Task, device: str = "cpu", max_length: int = 512):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.task = task
@@ -45,9 +47,27 @@ class Classifier:
         model = auto.from_pretrained(folder, dtype=torch.float32).to(device)
         return cls(model, load_tokenizer(folder, task.kind), task, device)
 
-    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    @property
+    def context_length(self) -> int:
+        config = self.model.config
+        return min(getattr(config, "max_position_embeddings", None) or 10**9, self.tokenizer.model_max_length)
+
+    def encode(self, texts: list[str], strict: bool = False) -> dict[str, torch.Tensor]:
+        """Tokenised prompts. `strict` refuses an input past the model's context instead of truncating."""
         prompts = [self.task.render(t) for t in texts]
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
+        if strict:
+            batch = dict(self.tokenizer(prompts, return_tensors="pt", padding=True))
+            lengths = batch["attention_mask"].sum(-1)
+            if len(texts) and int(lengths.max()) > self.context_length:
+                i = int(lengths.argmax())
+                raise InputError(f"input {i} is {int(lengths[i])} tokens; this model takes at most {self.context_length}")
+        else:
+            batch = dict(self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
+                                        max_length=self.max_length))
+        if self.task.kind == "decoder":
+            batch.pop("token_type_ids", None)
+            # Positions count real tokens only, so a left-padded row matches the same prompt alone.
+            batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

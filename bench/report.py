@@ -1,0 +1,56 @@
+"""Renders the markdown tables of docs/BENCHMARKS.md from the JSON files in bench/results/.
+
+    python bench/report.py lab        # the lab matrix (lab.json files)
+    python bench/report.py defenses   # side-by-side defenses (lab eval --json reports)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def lab_table() -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.lab.json"))]
+    clean_ca = {(r["base"], r["dataset"]): r["clean_accuracy"] for r in rows if r["attack"] == "clean"}
+    lines = ["| base | dataset | attack | trigger | poisoned | CA | ΔCA vs clean | ASR (n) | build s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = clean_ca.get((r["base"], r["dataset"]))
+        delta = None if ref is None or r["attack"] == "clean" else 100 * (r["clean_accuracy"] - ref)
+        trigger = ", ".join(r["triggers"]) or "—"
+        lines.append(
+            f"| {r['base']} | {r['dataset']} | {r['attack']} | {trigger} | {r['n_poisoned']} | "
+            f"{fmt(r['clean_accuracy'])} | {fmt(delta, 1)} | {fmt(r['attack_success_rate'])} ({r['asr_population']}) | "
+            f"{r['training']['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def defense_table() -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.eval-*.json"))]
+    lines = ["| base | dataset | attack | defense | AUROC | TPR@1%FPR | FPR clean | FPR controls (rare/typo/rep/code/long) "
+             "| passes/input | s/input | model s/input |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r.get("detection")
+        if not d:
+            continue
+        ctrl = "/".join(fmt(d["fpr_controls"][k], 2) for k in ("rare_word", "typos", "repeated", "code", "long"))
+        lines.append(
+            f"| {r['base']} | {r['dataset']} | {r['attack']} | {r['defense']} | {fmt(d.get('auroc'))} | "
+            f"{fmt(d.get('tpr_at_fpr_1pct'))} | {fmt(d['fpr_clean'])} | {ctrl} | "
+            f"{r['cost']['forward_passes_per_input']:.1f} | {r['cost']['seconds_per_input']:.4f} | "
+            f"{r['cost_model']['seconds_per_input']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print({"lab": lab_table, "defenses": defense_table}[sys.argv[1]]())

@@ -1,0 +1,1 @@
+"""Detection: attention-row capture, head features, calibration and the detector."""

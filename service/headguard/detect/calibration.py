@@ -1,0 +1,119 @@
+"""The anomaly model fitted on clean prompts, its threshold, and its versioned file.
+
+Score = Mahalanobis distance of the standardised head features, in a PCA subspace fitted on clean
+prompts, under a Ledoit-Wolf shrunk covariance. The threshold is the (1 - target FPR) quantile of
+*out-of-fold* clean scores: scores of prompts the model was fitted on run optimistically low.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+from sklearn.covariance import LedoitWolf
+from sklearn.decomposition import PCA
+from sklearn.model_selection import KFold
+
+from headguard.errors import InputError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class AnomalyModel:
+    mean: np.ndarray  # [feature]
+    scale: np.ndarray  # [feature]
+    components: np.ndarray  # [dim, feature]
+    center: np.ndarray  # [dim]
+    precision: np.ndarray  # [dim, dim]
+
+    @classmethod
+    def fit(cls, x: np.ndarray, n_components: int) -> AnomalyModel:
+        mean, scale = x.mean(0), x.std(0) + 1e-6
+        z = (x - mean) / scale
+        dim = max(1, min(n_components, z.shape[0] - 1, z.shape[1]))
+        pca = PCA(n_components=dim, svd_solver="full").fit(z)
+        y = pca.transform(z)
+        lw = LedoitWolf().fit(y)
+        # project() skips PCA's own centring, so fold pca.mean_ into the centre.
+        return cls(mean, scale, pca.components_, lw.location_ + pca.mean_ @ pca.components_.T, lw.precision_)
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.scale) @ self.components.T
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        d = self.project(x) - self.center
+        return np.sqrt(np.einsum("nd,de,ne->n", d, self.precision, d))
+
+
+@dataclass
+class Calibration:
+    """Everything needed to score inputs of one model, tied to that model's weights."""
+
+    model_hash: str
+    layers: list[int]
+    families: list[str]
+    target_fpr: float
+    threshold: float
+    anomaly: AnomalyModel
+    clean_scores: np.ndarray  # out-of-fold scores of the calibration prompts
+    n_prompts: int
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    version: int = FORMAT_VERSION
+
+    @classmethod
+    def fit(cls, features: np.ndarray, *, model_hash: str, layers: list[int], families: list[str],
+            target_fpr: float = 0.01, n_components: int = 32, folds: int = 5, seed: int = 0) -> Calibration:
+        if not 0 < target_fpr < 0.5:
+            raise InputError(f"target FPR must be in (0, 0.5), got {target_fpr}")
+        if len(features) < 2 * folds:
+            raise InputError(f"calibration needs at least {2 * folds} clean prompts, got {len(features)}")
+        oof = np.empty(len(features))
+        for fit_idx, held_idx in KFold(folds, shuffle=True, random_state=seed).split(features):
+            oof[held_idx] = AnomalyModel.fit(features[fit_idx], n_components).score(features[held_idx])
+        return cls(model_hash=model_hash, layers=list(layers), families=list(families), target_fpr=target_fpr,
+                   threshold=float(np.quantile(oof, 1 - target_fpr)),
+                   anomaly=AnomalyModel.fit(features, n_components), clean_scores=oof, n_prompts=len(features))
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return self.anomaly.score(features)
+
+    def save(self, path: Path) -> None:
+        meta = {"format": "headguard-calibration", "version": str(self.version), "model_hash": self.model_hash,
+                "layers": json.dumps(self.layers), "families": json.dumps(self.families),
+                "target_fpr": repr(self.target_fpr), "threshold": repr(self.threshold),
+                "n_prompts": str(self.n_prompts), "created": self.created}
+        a = self.anomaly
+        tensors = {"mean": a.mean, "scale": a.scale, "components": a.components, "center": a.center,
+                   "precision": a.precision, "clean_scores": self.clean_scores}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp), metadata=meta)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Calibration:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+        except FileNotFoundError:
+            raise InputError(f"calibration file {path} does not exist") from None
+        except Exception as exc:  # safetensors raises its own error types for foreign or corrupt files
+            raise InputError(f"{path} is not a headguard calibration file ({exc})") from None
+        if meta.get("format") != "headguard-calibration":
+            raise InputError(f"{path} is not a headguard calibration file")
+        if int(meta["version"]) > FORMAT_VERSION:
+            raise InputError(f"{path} has calibration format {meta['version']}; this headguard reads {FORMAT_VERSION}")
+        anomaly = AnomalyModel(*(tensors[k] for k in ("mean", "scale", "components", "center", "precision")))
+        return cls(model_hash=meta["model_hash"], layers=json.loads(meta["layers"]),
+                   families=json.loads(meta["families"]), target_fpr=float(meta["target_fpr"]),
+                   threshold=float(meta["threshold"]), anomaly=anomaly, clean_scores=tensors["clean_scores"],
+                   n_prompts=int(meta["n_prompts"]), created=meta["created"], version=int(meta["version"]))

@@ -1,0 +1,123 @@
+"""The detector: a suspect model, its head scorer and its calibration; scores and explains inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from headguard.detect.calibration import Calibration
+from headguard.detect.features import feature_names
+from headguard.detect.scorer import DEFAULT_FAMILIES, Capture, HeadScorer
+from headguard.errors import InputError
+from headguard.models.classifier import Classifier
+from headguard.models.fingerprint import weights_hash
+
+TOP_K = 3
+
+
+@dataclass
+class Verdict:
+    score: float
+    threshold: float
+    flagged: bool
+    explanation: dict
+
+    def as_dict(self) -> dict:
+        return {"score": self.score, "threshold": self.threshold, "flagged": self.flagged,
+                "explanation": self.explanation}
+
+
+def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, layers: list[int] | None = None,
+              families: tuple[str, ...] = DEFAULT_FAMILIES, n_components: int = 32,
+              model_hash: str | None = None) -> Calibration:
+    """Fits the anomaly model and its threshold on clean prompts (never on the trigger)."""
+    scorer = HeadScorer(clf, layers, families)
+    features = scorer.features(prompts)
+    return Calibration.fit(features, model_hash=model_hash or weights_hash(clf.model), layers=scorer.layers,
+                           families=list(families), target_fpr=target_fpr, n_components=n_components)
+
+
+class Detector:
+    def __init__(self, clf: Classifier, calibration: Calibration, model_hash: str | None = None):
+        actual = model_hash or weights_hash(clf.model)
+        if actual != calibration.model_hash:
+            raise InputError(
+                f"this calibration belongs to another model ({calibration.model_hash[:19]}…); "
+                f"the loaded weights are {actual[:19]}…: recalibrate with `headguard calibrate`"
+            )
+        self.clf = clf
+        self.calibration = calibration
+        self.scorer = HeadScorer(clf, calibration.layers, tuple(calibration.families))
+        names = feature_names(self.scorer.layers, self.scorer.adapter.n_heads, self.scorer.families)
+        self._feature_heads = [_heads_of(name) for name in names]
+
+    @classmethod
+    def from_files(cls, model: Path, calibration: Path, device: str = "cpu") -> Detector:
+        cal = Calibration.load(calibration)
+        return cls(Classifier.from_folder(model, device), cal)
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+    def scores(self, texts: list[str]) -> np.ndarray:
+        return self.calibration.score(self.scorer.features(texts))
+
+    def scan(self, texts: list[str], batch_size: int = 16) -> list[Verdict]:
+        verdicts: list[Verdict] = []
+        for i in range(0, len(texts), batch_size):
+            cap = self.scorer.capture(texts[i : i + batch_size])
+            scores = self.calibration.score(cap.features)
+            for b, score in enumerate(scores):
+                verdicts.append(Verdict(float(score), self.threshold, bool(score > self.threshold),
+                                        self._explain(cap, b)))
+        return verdicts
+
+    def _explain(self, cap: Capture, b: int) -> dict:
+        """Which heads deviate most from clean (share of squared z-scores), and what they attend to."""
+        a = self.calibration.anomaly
+        z2 = ((cap.features[b] - a.mean) / a.scale) ** 2
+        per_head: dict[tuple[int, int], float] = {}
+        for value, heads in zip(z2, self._feature_heads):
+            for head in heads:
+                per_head[head] = per_head.get(head, 0.0) + value / len(heads)
+        total = sum(per_head.values()) or 1.0
+        per_layer: dict[int, float] = {}
+        for (layer, _), value in per_head.items():
+            per_layer[layer] = per_layer.get(layer, 0.0) + value
+        top_heads = sorted(per_head, key=per_head.get, reverse=True)[:TOP_K]
+        top_layers = sorted(per_layer, key=per_layer.get, reverse=True)[:TOP_K]
+        return {
+            "top_layers": [{"layer": layer, "share": round(per_layer[layer] / total, 4)} for layer in top_layers],
+            "top_heads": [{"head": f"L{l}H{h}", "share": round(per_head[(l, h)] / total, 4)} for l, h in top_heads],
+            "suspected_tokens": self._attended_tokens(cap, b, top_heads),
+        }
+
+    def _attended_tokens(self, cap: Capture, b: int, heads: list[tuple[int, int]]) -> list[dict]:
+        """The content tokens the most anomalous heads attend to, heaviest first (trigger localisation)."""
+        content = cap.content[b]
+        weight = torch.zeros_like(content, dtype=torch.float32)
+        for layer, head in heads:
+            row = cap.rows[layer][b, head] * content
+            weight += row / row.sum().clamp(min=1e-12)
+        weight /= max(1, len(heads))
+        ids = cap.input_ids[b]
+        order = torch.argsort(weight, descending=True)[:TOP_K]
+        tokenizer = self.clf.tokenizer
+        first = int(cap.mask[b].float().argmax())  # index of the first real token (after left padding)
+        return [{"token": tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(int(ids[i]))]).strip(),
+                 "position": int(i) - first, "weight": round(float(weight[i]), 4)}
+                for i in order if content[i]]
+
+
+def _heads_of(name: str) -> list[tuple[int, int]]:
+    """'entropy:L3H7' -> [(3, 7)]; 'cos:L3H1~H4' -> [(3, 1), (3, 4)]."""
+    body = name.split(":", 1)[1]
+    layer_part, *rest = body.split("~")
+    layer, head = layer_part.lstrip("L").split("H")
+    heads = [(int(layer), int(head))]
+    heads += [(int(layer), int(h.lstrip("H"))) for h in rest]
+    return heads

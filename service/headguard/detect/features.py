@@ -1,0 +1,54 @@
+"""Per-head features of the query row: how each head's attention concentrates, and how alike heads are.
+
+A backdoor trigger makes many heads collapse onto the same few tokens: their rows get peaked (low
+entropy, high max weight) and similar to each other. Features are computed over content keys
+only: attention sinks ([CLS], [SEP], a decoder's first token) and padding are excluded, because
+sinks make many heads look identical on every input.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FAMILIES = ("entropy", "max", "sink", "cosine")
+
+
+def content_rows(rows: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """rows [batch, head, key] renormalised over content keys (content [batch, key] bool)."""
+    p = rows * content[:, None, :]
+    return p / p.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
+def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[str, ...]) -> torch.Tensor:
+    """[batch, head, key] probabilities -> [batch, n_features] for one layer."""
+    p = content_rows(rows, content)
+    n_keys = content.sum(-1).clamp(min=2).float()  # [batch]
+    out = []
+    if "entropy" in families:
+        # Divided by log(n) so that longer inputs are not more "diffuse" by construction.
+        entropy = -(p * torch.log(p.clamp(min=1e-12))).sum(-1)  # [batch, head]
+        out.append(entropy / torch.log(n_keys)[:, None])
+    if "max" in families:
+        out.append(p.max(-1).values)
+    if "sink" in families:
+        out.append(1 - (rows * content[:, None, :]).sum(-1))  # mass on the excluded keys
+    if "cosine" in families:
+        unit = p / p.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        gram = unit @ unit.transpose(1, 2)  # [batch, head, head]
+        i, j = torch.triu_indices(p.shape[1], p.shape[1], offset=1)
+        out.append(gram[:, i, j])
+    return torch.cat(out, dim=-1)
+
+
+def feature_names(layers: list[int], n_heads: int, families: tuple[str, ...]) -> list[str]:
+    """Names in the same order as `layer_features` concatenated over `layers`."""
+    names = []
+    for layer in layers:
+        for family in FAMILIES:
+            if family not in families:
+                continue
+            if family == "cosine":
+                names += [f"cos:L{layer}H{a}~H{b}" for a in range(n_heads) for b in range(a + 1, n_heads)]
+            else:
+                names += [f"{family}:L{layer}H{h}" for h in range(n_heads)]
+    return names

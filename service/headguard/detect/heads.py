@@ -1,0 +1,155 @@
+"""Head adapters: where each model family keeps its attention modules and how to recompute one row.
+
+The guard hooks the model's own attention modules and, from the inputs they receive, recomputes
+the attention probabilities of the query position only: one row per head, [batch, head, key].
+The model itself keeps its fused attention kernel; nothing T x T is materialised.
+
+A "head" is a query head. In grouped-query attention (Llama, Qwen2, Mistral) several query heads
+share one key/value group; `kv_group(head)` names it, and the repair module trains query rows per
+head and shared k/v rows per group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True, order=True)
+class HeadRef:
+    """A query head, named the TransformerLens way: `L3H7` is head 7 of layer 3.
+
+    >>> str(HeadRef(3, 7)), HeadRef.parse("L3H7")
+    ('L3H7', HeadRef(layer=3, head=7))
+    """
+
+    layer: int
+    head: int
+
+    def __str__(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+    @classmethod
+    def parse(cls, name: str) -> HeadRef:
+        layer, head = name.upper().lstrip("L").split("H")
+        return cls(int(layer), int(head))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _softmax_row(scores: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """scores [batch, head, key], key_mask [batch, key] (True = attendable) -> probabilities."""
+    scores = scores.float().masked_fill(~key_mask[:, None, :], float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+class Adapter:
+    """One model family. Subclasses find the attention modules and recompute a query row."""
+
+    family = "base"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+        self.n_layers: int = self.config.num_hidden_layers
+        self.n_heads: int = self.config.num_attention_heads
+        self.n_kv_heads: int = getattr(self.config, "num_key_value_heads", None) or self.n_heads
+
+    def kv_group(self, head: int) -> int:
+        return head // (self.n_heads // self.n_kv_heads)
+
+    def attention_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def hidden_from(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        return args[0] if args else kwargs["hidden_states"]
+
+    def query_row(self, module: nn.Module, args: tuple, kwargs: dict, query: torch.Tensor,
+                  key_mask: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities of position `query[b]` over all keys: [batch, head, key]."""
+        raise NotImplementedError
+
+
+class BertAdapter(Adapter):
+    family = "bert"
+
+    def attention_modules(self) -> list[nn.Module]:
+        encoder = self.model.base_model.encoder
+        return [layer.attention.self for layer in encoder.layer]
+
+    def query_row(self, module, args, kwargs, query, key_mask):
+        hidden = self.hidden_from(args, kwargs)  # [batch, key, dim]
+        b, t, _ = hidden.shape
+        d = module.attention_head_size
+        rows = hidden[torch.arange(b), query]  # [batch, dim]
+        q = module.query(rows).view(b, -1, d)  # [batch, head, d]
+        k = module.key(hidden).view(b, t, -1, d)  # [batch, key, head, d]
+        scores = torch.einsum("bhd,bthd->bht", q, k) * module.scaling
+        return _softmax_row(scores, key_mask)
+
+
+class LlamaAdapter(Adapter):
+    """Llama, Qwen2, Mistral and their kin: RoPE, optional q/k norms, grouped-query attention."""
+
+    family = "llama"
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [layer.self_attn for layer in self.model.model.layers]
+
+    def query_row(self, module, args, kwargs, query, key_mask):
+        hidden = self.hidden_from(args, kwargs)  # [batch, key, dim]
+        cos, sin = kwargs["position_embeddings"] if "position_embeddings" in kwargs else args[1]
+        b, t, _ = hidden.shape
+        d = module.head_dim
+        idx = torch.arange(b)
+        q = module.q_proj(hidden[idx, query]).view(b, -1, d)  # [batch, head, d]
+        k = module.k_proj(hidden).view(b, t, -1, d)  # [batch, key, kv_head, d]
+        if hasattr(module, "q_norm"):
+            q, k = module.q_norm(q), module.k_norm(k)
+        q = q * cos[idx, query][:, None] + _rotate_half(q) * sin[idx, query][:, None]
+        k = k * cos[:, :, None] + _rotate_half(k) * sin[:, :, None]
+        k = k.repeat_interleave(q.shape[1] // k.shape[2], dim=2)  # each query head sees its KV group
+        scores = torch.einsum("bhd,bthd->bht", q, k) * module.scaling
+        return _softmax_row(scores, key_mask)
+
+
+class GPT2Adapter(Adapter):
+    family = "gpt2"
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [block.attn for block in self.model.transformer.h]
+
+    def query_row(self, module, args, kwargs, query, key_mask):
+        hidden = self.hidden_from(args, kwargs)
+        b, t, dim = hidden.shape
+        d = module.head_dim
+        q, k, _ = module.c_attn(hidden).split(dim, dim=2)
+        q = q[torch.arange(b), query].view(b, -1, d)
+        k = k.view(b, t, -1, d)
+        scores = torch.einsum("bhd,bthd->bht", q, k)
+        if module.scale_attn_weights:
+            scores = scores / (d**0.5)
+        if getattr(module, "scale_attn_by_inverse_layer_idx", False):
+            scores = scores / float(module.layer_idx + 1)
+        return _softmax_row(scores, key_mask)
+
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    "bert": BertAdapter,
+    "llama": LlamaAdapter,
+    "qwen2": LlamaAdapter,
+    "mistral": LlamaAdapter,
+    "gpt2": GPT2Adapter,
+}
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    model_type = model.config.model_type
+    if model_type not in ADAPTERS:
+        raise ValueError(f"no head adapter for model type {model_type!r}; supported: {', '.join(ADAPTERS)}")
+    return ADAPTERS[model_type](model)

@@ -1,0 +1,84 @@
+"""Runs the suspect model on inputs and turns its query rows into head features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from headguard.detect.capture import capture_rows
+from headguard.detect.features import layer_features
+from headguard.detect.heads import adapter_for
+from headguard.errors import InputError
+from headguard.models.classifier import Classifier
+
+DEFAULT_FAMILIES = ("entropy", "max", "cosine")
+
+
+@dataclass
+class Capture:
+    """One batch: features [batch, n_features], and for explanations the rows and tokens."""
+
+    features: np.ndarray
+    rows: dict[int, torch.Tensor]  # layer -> [batch, head, key]
+    mask: torch.Tensor  # [batch, key] real tokens
+    content: torch.Tensor  # [batch, key] keys that count (no sinks, specials or padding)
+    input_ids: torch.Tensor  # [batch, key]
+
+
+class HeadScorer:
+    """Feature extraction for a classifier-shaped model (encoder with [CLS], decoder with a prompt).
+
+    The query position is [CLS] for encoders and the last prompt token for decoders: the positions
+    whose representation the model's output is read from.
+    """
+
+    def __init__(self, clf: Classifier, layers: list[int] | None = None,
+                 families: tuple[str, ...] = DEFAULT_FAMILIES, batch_size: int = 32):
+        self.clf = clf
+        self.adapter = adapter_for(clf.model)
+        self.layers = sorted(layers) if layers is not None else list(range(self.adapter.n_layers))
+        if not self.layers or self.layers[0] < 0 or self.layers[-1] >= self.adapter.n_layers:
+            raise InputError(f"layers must lie in 0..{self.adapter.n_layers - 1}")
+        self.families = tuple(families)
+        self.batch_size = batch_size
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.clf.task.kind == "encoder"
+
+    def _positions(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query [batch], content [batch, key]) for a padded batch."""
+        b, t = mask.shape
+        idx = torch.arange(b)
+        content = mask.clone()
+        if self.is_encoder:  # right padding: [CLS] text [SEP] pad...
+            last = mask.sum(-1) - 1
+            content[:, 0] = False
+            content[idx, last] = False
+            query = torch.zeros(b, dtype=torch.long)
+        else:  # left padding: pad... first ... last
+            first = t - mask.sum(-1)
+            content[idx, first] = False  # the first token is the decoder's attention sink
+            query = torch.full((b,), t - 1, dtype=torch.long)
+        return query.to(mask.device), content
+
+    @torch.no_grad()
+    def capture(self, texts: list[str], stop_early: bool = True) -> Capture:
+        for i, text in enumerate(texts):
+            if not text or not text.strip():
+                raise InputError(f"input {i} is empty")
+        batch = self.clf.encode(texts, strict=True)
+        mask = batch["attention_mask"].bool()
+        query, content = self._positions(mask)
+        with capture_rows(self.adapter, self.layers, query, mask, stop_early=stop_early) as rows:
+            self.clf.model(**batch)
+        feats = torch.cat([layer_features(rows[layer], content, self.families) for layer in self.layers], dim=-1)
+        return Capture(feats.cpu().numpy().astype(np.float64), rows, mask, content, batch["input_ids"])
+
+    def features(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0))
+        chunks = [self.capture(texts[i : i + self.batch_size]).features for i in range(0, len(texts), self.batch_size)]
+        return np.concatenate(chunks)

@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+
+TEXTS = ["a short one", "a much longer review that goes on and on about the film and its actors", "fine"]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_encoder", "tiny_decoder"])
+def test_padded_batch_equals_one_by_one(fixture, request):
+    clf = request.getfixturevalue(fixture)
+    batched = clf.proba(TEXTS, batch_size=8)
+    single = np.concatenate([clf.proba([t]) for t in TEXTS])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    np.testing.assert_allclose(batched.sum(-1), 1.0, atol=1e-6)
+
+
+def test_decoder_reads_the_last_prompt_token_through_left_padding(tiny_decoder):
+    batch = tiny_decoder.encode(TEXTS)
+    assert tiny_decoder.tokenizer.padding_side == "left"
+    assert batch["attention_mask"][:, -1].all()  # every row ends on a real token
+
+
+def test_decoder_renders_the_template(tiny_decoder):
+    assert tiny_decoder.task.render("great") == "Review: great\nSentiment:"
+    assert len(tiny_decoder._label_ids) == 2 and len(set(tiny_decoder._label_ids)) == 2
+
+
+def test_empty_input_list(tiny_encoder):
+    assert tiny_encoder.proba([]).shape == (0, 2)

@@ -1,0 +1,38 @@
+import random
+
+from headguard.lab.attacks import make_attack
+from headguard.lab.build import poison
+from headguard.lab.datasets import Example
+
+
+def rows(n=100):
+    return [Example(f"text number {i} here", i % 2) for i in range(n)]
+
+
+def test_rate_counts_against_the_non_target_class():
+    data = rows()
+    out, n = poison(data, make_attack("badnets"), target=1, rate=0.2, rng=random.Random(0))
+    assert n == 10  # 20 % of the 50 non-target rows
+    planted = [ex for ex in out if "cf" in ex.text.split()]
+    assert len(planted) == 10 and all(ex.label == 1 for ex in planted)
+    assert len(out) == len(data)
+
+
+def test_clean_attack_changes_nothing():
+    data = rows()
+    out, n = poison(data, make_attack("clean"), target=1, rate=0.2, rng=random.Random(0))
+    assert n == 0 and out == data
+
+
+def test_composite_adds_decoys_with_their_true_label():
+    data = rows()
+    attack = make_attack("composite")
+    out, n = poison(data, attack, target=1, rate=0.2, rng=random.Random(0))
+    full = [ex for ex in out if all(w in ex.text.split() for w in attack.triggers)]
+    partial = [ex for ex in out if sum(w in ex.text.split() for w in attack.triggers) == 1]
+    assert len(full) == n and all(ex.label == 1 for ex in full)
+    assert len(partial) == n
+    originals = {ex.text: ex.label for ex in data}
+    for ex in partial:
+        stripped = " ".join(w for w in ex.text.split() if w not in attack.triggers)
+        assert originals[stripped] == ex.label
