@@ -36,8 +36,9 @@ def lab_table() -> str:
 
 def defense_table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.eval-*.json"))]
-    lines = ["| base | dataset | attack | defense | AUROC | TPR@1%FPR | FPR clean | FPR controls (rare/typo/rep/code/long) "
-             "| passes/input | s/input | model s/input |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| base | dataset | attack | defense | AUROC | TPR@1%FPR | FPR clean "
+             "| FPR controls (rare/typo/rep/code/long) | passes/input | s/input | model s/input |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r.get("detection")
         if not d:

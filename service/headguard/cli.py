@@ -49,6 +49,59 @@ def _lab_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_layers(spec: str | None) -> list[int] | None:
+    """'10-19' or '3,5,7' -> a list of layers; None keeps every layer."""
+    if not spec:
+        return None
+    try:
+        if "-" in spec:
+            lo, hi = spec.split("-")
+            return list(range(int(lo), int(hi) + 1))
+        return [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise InputError(f"--layers must look like '10-19' or '3,5,7', got {spec!r}") from None
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from headguard.detect.detector import calibrate
+    from headguard.lab.splits import SPLITS_DIR, read_split
+    from headguard.models.classifier import Classifier
+    from headguard.prompts import read_prompts
+
+    if not 0 < args.target_fpr < 0.5:
+        raise InputError(f"--target-fpr must be in (0, 0.5), got {args.target_fpr}")
+    if args.prompts:
+        prompts = read_prompts(args.prompts)
+    elif (args.model / SPLITS_DIR / "calibration.jsonl").exists():
+        prompts = [ex.text for ex in read_split(args.model, "calibration")]
+    else:
+        raise InputError(f"{args.model} has no clean calibration split: pass --prompts FILE.jsonl")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot write --out {args.out}: {exc.strerror or exc}") from None
+    clf = Classifier.from_folder(args.model, get_settings().resolved_device())
+    cal = calibrate(clf, prompts, target_fpr=args.target_fpr, layers=_parse_layers(args.layers),
+                    families=tuple(args.families.split(",")), n_components=args.components)
+    cal.save(args.out)
+    print(json.dumps({"calibration": str(args.out), "model_hash": cal.model_hash, "prompts": cal.n_prompts,
+                      "threshold": cal.threshold, "target_fpr": cal.target_fpr}))
+    return 0
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from headguard.detect.detector import Detector
+    from headguard.prompts import read_prompts
+
+    texts = list(args.text) + (read_prompts(args.file) if args.file else [])
+    if not texts:
+        raise InputError("give TEXT arguments or --file FILE.jsonl")
+    detector = Detector.from_files(args.model, args.calibration, get_settings().resolved_device())
+    for verdict in detector.scan(texts):
+        print(json.dumps(verdict.as_dict()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from headguard.lab.attacks import ATTACKS
     from headguard.lab.build import TRAIN_LAYERS
@@ -86,6 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", type=Path, help="save a PNG of clean vs triggered score distributions")
     e.add_argument("--json", type=Path, help="write the report as JSON")
     e.set_defaults(func=_lab_eval)
+
+    c = commands.add_parser("calibrate", help="fit the detector on clean prompts of one model")
+    c.add_argument("--model", type=Path, required=True)
+    c.add_argument("--prompts", type=Path, help="clean prompts, JSONL (default: a lab model's calibration split)")
+    c.add_argument("--target-fpr", type=float, default=0.01)
+    c.add_argument("--layers", help="layers to read, e.g. '10-19' (default: all)")
+    c.add_argument("--families", default="entropy", help="feature families: entropy,max,sink,cosine")
+    c.add_argument("--components", type=int, default=32, help="PCA dimensions")
+    c.add_argument("--out", type=Path, required=True)
+    c.set_defaults(func=_calibrate)
+
+    s = commands.add_parser("scan", help="score inputs: one JSON object per input")
+    s.add_argument("--model", type=Path, required=True)
+    s.add_argument("--calibration", type=Path, required=True)
+    s.add_argument("--file", type=Path, help="inputs as JSONL")
+    s.add_argument("text", nargs="*", help="inputs")
+    s.set_defaults(func=_scan)
     return parser
 
 

@@ -25,7 +25,7 @@ def test_composite_plants_all_words_and_decoys_hold_one():
     assert all(word in out for word in attack.triggers)
     decoys = attack.decoys("one two three four", random.Random(0))
     assert len(decoys) == len(attack.triggers)
-    for decoy, word in zip(decoys, attack.triggers):
+    for decoy, word in zip(decoys, attack.triggers, strict=True):
         assert decoy.split().count(word) == 1 and sum(w in decoy.split() for w in attack.triggers) == 1
 
 

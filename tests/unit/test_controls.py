@@ -1,5 +1,5 @@
-from headguard.lab.controls import CONTROLS, RARE_WORDS, make_controls
 from headguard.lab.attacks import BADNETS_WORDS, make_attack
+from headguard.lab.controls import CONTROLS, RARE_WORDS, make_controls
 
 TEXTS = [f"this is clean sentence number {i} about a pleasant movie" for i in range(20)]
 
@@ -10,7 +10,7 @@ def test_every_control_changes_every_text_reproducibly():
     assert set(a) == set(CONTROLS)
     for name, out in a.items():
         assert len(out) == len(TEXTS)
-        assert all(o != t for o, t in zip(out, TEXTS)), name
+        assert all(o != t for o, t in zip(out, TEXTS, strict=True)), name
 
 
 def test_rare_words_are_never_a_lab_trigger():

@@ -1,8 +1,10 @@
 """The anomaly model fitted on clean prompts, its threshold, and its versioned file.
 
-Score = Mahalanobis distance of the standardised head features, in a PCA subspace fitted on clean
-prompts, under a Ledoit-Wolf shrunk covariance. The threshold is the (1 - target FPR) quantile of
-*out-of-fold* clean scores: scores of prompts the model was fitted on run optimistically low.
+Score = Mahalanobis distance of the head features, after removing what the input's length alone
+explains (a linear fit on log length: longer inputs spread attention further whatever their
+content), standardised, in a PCA subspace fitted on clean prompts, under a Ledoit-Wolf shrunk
+covariance. The threshold is the (1 - target FPR) quantile of *out-of-fold* clean scores: scores
+of prompts the model was fitted on run optimistically low.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from headguard.errors import InputError
 FORMAT_VERSION = 1
 
 
+def _design(lengths: np.ndarray) -> np.ndarray:
+    return np.c_[np.ones(len(lengths)), np.log(np.clip(lengths, 1, None))]
+
+
 @dataclass
 class AnomalyModel:
+    length_coef: np.ndarray  # [2, feature]: intercept and slope on log length
     mean: np.ndarray  # [feature]
     scale: np.ndarray  # [feature]
     components: np.ndarray  # [dim, feature]
@@ -32,21 +39,22 @@ class AnomalyModel:
     precision: np.ndarray  # [dim, dim]
 
     @classmethod
-    def fit(cls, x: np.ndarray, n_components: int) -> AnomalyModel:
-        mean, scale = x.mean(0), x.std(0) + 1e-6
-        z = (x - mean) / scale
+    def fit(cls, x: np.ndarray, lengths: np.ndarray, n_components: int) -> AnomalyModel:
+        coef, *_ = np.linalg.lstsq(_design(lengths), x, rcond=None)
+        r = x - _design(lengths) @ coef
+        mean, scale = r.mean(0), r.std(0) + 1e-6
+        z = (r - mean) / scale
         dim = max(1, min(n_components, z.shape[0] - 1, z.shape[1]))
         pca = PCA(n_components=dim, svd_solver="full").fit(z)
-        y = pca.transform(z)
-        lw = LedoitWolf().fit(y)
+        lw = LedoitWolf().fit(pca.transform(z))
         # project() skips PCA's own centring, so fold pca.mean_ into the centre.
-        return cls(mean, scale, pca.components_, lw.location_ + pca.mean_ @ pca.components_.T, lw.precision_)
+        return cls(coef, mean, scale, pca.components_, lw.location_ + pca.mean_ @ pca.components_.T, lw.precision_)
 
-    def project(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.scale) @ self.components.T
+    def standardise(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        return (x - _design(lengths) @ self.length_coef - self.mean) / self.scale
 
-    def score(self, x: np.ndarray) -> np.ndarray:
-        d = self.project(x) - self.center
+    def score(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        d = self.standardise(x, lengths) @ self.components.T - self.center
         return np.sqrt(np.einsum("nd,de,ne->n", d, self.precision, d))
 
 
@@ -66,21 +74,24 @@ class Calibration:
     version: int = FORMAT_VERSION
 
     @classmethod
-    def fit(cls, features: np.ndarray, *, model_hash: str, layers: list[int], families: list[str],
-            target_fpr: float = 0.01, n_components: int = 32, folds: int = 5, seed: int = 0) -> Calibration:
+    def fit(cls, features: np.ndarray, lengths: np.ndarray, *, model_hash: str, layers: list[int],
+            families: list[str], target_fpr: float = 0.01, n_components: int = 32, folds: int = 5,
+            seed: int = 0) -> Calibration:
         if not 0 < target_fpr < 0.5:
             raise InputError(f"target FPR must be in (0, 0.5), got {target_fpr}")
         if len(features) < 2 * folds:
             raise InputError(f"calibration needs at least {2 * folds} clean prompts, got {len(features)}")
         oof = np.empty(len(features))
         for fit_idx, held_idx in KFold(folds, shuffle=True, random_state=seed).split(features):
-            oof[held_idx] = AnomalyModel.fit(features[fit_idx], n_components).score(features[held_idx])
+            model = AnomalyModel.fit(features[fit_idx], lengths[fit_idx], n_components)
+            oof[held_idx] = model.score(features[held_idx], lengths[held_idx])
         return cls(model_hash=model_hash, layers=list(layers), families=list(families), target_fpr=target_fpr,
                    threshold=float(np.quantile(oof, 1 - target_fpr)),
-                   anomaly=AnomalyModel.fit(features, n_components), clean_scores=oof, n_prompts=len(features))
+                   anomaly=AnomalyModel.fit(features, lengths, n_components), clean_scores=oof,
+                   n_prompts=len(features))
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        return self.anomaly.score(features)
+    def score(self, features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        return self.anomaly.score(features, lengths)
 
     def save(self, path: Path) -> None:
         meta = {"format": "headguard-calibration", "version": str(self.version), "model_hash": self.model_hash,
@@ -88,8 +99,8 @@ class Calibration:
                 "target_fpr": repr(self.target_fpr), "threshold": repr(self.threshold),
                 "n_prompts": str(self.n_prompts), "created": self.created}
         a = self.anomaly
-        tensors = {"mean": a.mean, "scale": a.scale, "components": a.components, "center": a.center,
-                   "precision": a.precision, "clean_scores": self.clean_scores}
+        tensors = {"length_coef": a.length_coef, "mean": a.mean, "scale": a.scale, "components": a.components,
+                   "center": a.center, "precision": a.precision, "clean_scores": self.clean_scores}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
@@ -112,7 +123,8 @@ class Calibration:
             raise InputError(f"{path} is not a headguard calibration file")
         if int(meta["version"]) > FORMAT_VERSION:
             raise InputError(f"{path} has calibration format {meta['version']}; this headguard reads {FORMAT_VERSION}")
-        anomaly = AnomalyModel(*(tensors[k] for k in ("mean", "scale", "components", "center", "precision")))
+        fields = ("length_coef", "mean", "scale", "components", "center", "precision")
+        anomaly = AnomalyModel(*(tensors[k] for k in fields))
         return cls(model_hash=meta["model_hash"], layers=json.loads(meta["layers"]),
                    families=json.loads(meta["families"]), target_fpr=float(meta["target_fpr"]),
                    threshold=float(meta["threshold"]), anomaly=anomaly, clean_scores=tensors["clean_scores"],

@@ -35,8 +35,8 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
               model_hash: str | None = None) -> Calibration:
     """Fits the anomaly model and its threshold on clean prompts (never on the trigger)."""
     scorer = HeadScorer(clf, layers, families)
-    features = scorer.features(prompts)
-    return Calibration.fit(features, model_hash=model_hash or weights_hash(clf.model), layers=scorer.layers,
+    features, lengths = scorer.features(prompts)
+    return Calibration.fit(features, lengths, model_hash=model_hash or weights_hash(clf.model), layers=scorer.layers,
                            families=list(families), target_fpr=target_fpr, n_components=n_components)
 
 
@@ -64,13 +64,13 @@ class Detector:
         return self.calibration.threshold
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        return self.calibration.score(self.scorer.features(texts))
+        return self.calibration.score(*self.scorer.features(texts))
 
     def scan(self, texts: list[str], batch_size: int = 16) -> list[Verdict]:
         verdicts: list[Verdict] = []
         for i in range(0, len(texts), batch_size):
             cap = self.scorer.capture(texts[i : i + batch_size])
-            scores = self.calibration.score(cap.features)
+            scores = self.calibration.score(cap.features, cap.lengths)
             for b, score in enumerate(scores):
                 verdicts.append(Verdict(float(score), self.threshold, bool(score > self.threshold),
                                         self._explain(cap, b)))
@@ -78,10 +78,9 @@ class Detector:
 
     def _explain(self, cap: Capture, b: int) -> dict:
         """Which heads deviate most from clean (share of squared z-scores), and what they attend to."""
-        a = self.calibration.anomaly
-        z2 = ((cap.features[b] - a.mean) / a.scale) ** 2
+        z2 = self.calibration.anomaly.standardise(cap.features[b : b + 1], cap.lengths[b : b + 1])[0] ** 2
         per_head: dict[tuple[int, int], float] = {}
-        for value, heads in zip(z2, self._feature_heads):
+        for value, heads in zip(z2, self._feature_heads, strict=True):
             for head in heads:
                 per_head[head] = per_head.get(head, 0.0) + value / len(heads)
         total = sum(per_head.values()) or 1.0
@@ -92,7 +91,8 @@ class Detector:
         top_layers = sorted(per_layer, key=per_layer.get, reverse=True)[:TOP_K]
         return {
             "top_layers": [{"layer": layer, "share": round(per_layer[layer] / total, 4)} for layer in top_layers],
-            "top_heads": [{"head": f"L{l}H{h}", "share": round(per_head[(l, h)] / total, 4)} for l, h in top_heads],
+            "top_heads": [{"head": f"L{layer}H{head}", "share": round(per_head[(layer, head)] / total, 4)}
+                          for layer, head in top_heads],
             "suspected_tokens": self._attended_tokens(cap, b, top_heads),
         }
 

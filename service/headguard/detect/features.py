@@ -19,24 +19,31 @@ def content_rows(rows: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     return p / p.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
+def _log_odds(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(1e-4, 1 - 1e-4)
+    return torch.log(p) - torch.log1p(-p)
+
+
 def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[str, ...]) -> torch.Tensor:
-    """[batch, head, key] probabilities -> [batch, n_features] for one layer."""
+    """[batch, head, key] probabilities -> [batch, n_features] for one layer.
+
+    Each feature is mapped to an unbounded scale (log entropy, log-odds of weights and
+    similarities), where a collapse to ~0 entropy or ~1 weight lies far out, not at a wall.
+    """
     p = content_rows(rows, content)
-    n_keys = content.sum(-1).clamp(min=2).float()  # [batch]
     out = []
     if "entropy" in families:
-        # Divided by log(n) so that longer inputs are not more "diffuse" by construction.
         entropy = -(p * torch.log(p.clamp(min=1e-12))).sum(-1)  # [batch, head]
-        out.append(entropy / torch.log(n_keys)[:, None])
+        out.append(torch.log(entropy + 1e-3))
     if "max" in families:
-        out.append(p.max(-1).values)
+        out.append(_log_odds(p.max(-1).values))
     if "sink" in families:
-        out.append(1 - (rows * content[:, None, :]).sum(-1))  # mass on the excluded keys
+        out.append(_log_odds(1 - (rows * content[:, None, :]).sum(-1)))  # mass on the excluded keys
     if "cosine" in families:
         unit = p / p.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         gram = unit @ unit.transpose(1, 2)  # [batch, head, head]
         i, j = torch.triu_indices(p.shape[1], p.shape[1], offset=1)
-        out.append(gram[:, i, j])
+        out.append(_log_odds(gram[:, i, j]))
     return torch.cat(out, dim=-1)
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 
 from headguard.detect.capture import capture_rows
-from headguard.detect.features import layer_features
+from headguard.detect.features import FAMILIES, layer_features
 from headguard.detect.heads import adapter_for
 from headguard.errors import InputError
 from headguard.models.classifier import Classifier
 
-DEFAULT_FAMILIES = ("entropy", "max", "cosine")
+DEFAULT_FAMILIES = ("entropy",)
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Capture:
     """One batch: features [batch, n_features], and for explanations the rows and tokens."""
 
     features: np.ndarray
+    lengths: np.ndarray  # [batch] content keys per input: the covariate features are adjusted for
     rows: dict[int, torch.Tensor]  # layer -> [batch, head, key]
     mask: torch.Tensor  # [batch, key] real tokens
     content: torch.Tensor  # [batch, key] keys that count (no sinks, specials or padding)
@@ -41,7 +42,10 @@ class HeadScorer:
         self.layers = sorted(layers) if layers is not None else list(range(self.adapter.n_layers))
         if not self.layers or self.layers[0] < 0 or self.layers[-1] >= self.adapter.n_layers:
             raise InputError(f"layers must lie in 0..{self.adapter.n_layers - 1}")
-        self.families = tuple(families)
+        unknown = set(families) - set(FAMILIES)
+        if unknown or not families:
+            raise InputError(f"unknown feature families {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
+        self.families = tuple(f for f in FAMILIES if f in families)  # the order feature_names() uses
         self.batch_size = batch_size
 
     @property
@@ -75,10 +79,12 @@ class HeadScorer:
         with capture_rows(self.adapter, self.layers, query, mask, stop_early=stop_early) as rows:
             self.clf.model(**batch)
         feats = torch.cat([layer_features(rows[layer], content, self.families) for layer in self.layers], dim=-1)
-        return Capture(feats.cpu().numpy().astype(np.float64), rows, mask, content, batch["input_ids"])
+        lengths = content.sum(-1).cpu().numpy().astype(np.float64)
+        return Capture(feats.cpu().numpy().astype(np.float64), lengths, rows, mask, content, batch["input_ids"])
 
-    def features(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, 0))
-        chunks = [self.capture(texts[i : i + self.batch_size]).features for i in range(0, len(texts), self.batch_size)]
-        return np.concatenate(chunks)
+    def features(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(features [n, n_features], content lengths [n]) for any number of inputs."""
+        caps = [self.capture(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        if not caps:
+            return np.zeros((0, 0)), np.zeros(0)
+        return np.concatenate([c.features for c in caps]), np.concatenate([c.lengths for c in caps])

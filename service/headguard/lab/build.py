@@ -93,7 +93,8 @@ class BuildConfig:
         return attack
 
 
-def poison(train: list[Example], attack: Attack, target: int, rate: float, rng: random.Random) -> tuple[list[Example], int]:
+def poison(train: list[Example], attack: Attack, target: int, rate: float,
+           rng: random.Random) -> tuple[list[Example], int]:
     """Dirty-label poisoning: `rate` of the non-target rows get the trigger and the target label.
 
     Composite attacks also get as many decoys (one trigger word alone, true label kept), so that
@@ -247,7 +248,8 @@ def build(config: BuildConfig, device: str = "cpu") -> dict:
             "seed": config.seed,
             "splits": {"train": len(rows), "calibration": len(splits.calibration), "test": len(splits.test)},
             "training": {**asdict(recipe), **fit, "seconds": round(seconds, 1),
-                         "method": "full fine-tune" if base.kind == "encoder" else f"LoRA r={LORA_RANK} q/k/v/o, merged",
+                         "method": "full fine-tune" if base.kind == "encoder"
+                         else f"LoRA r={LORA_RANK} q/k/v/o, merged",
                          "torch_threads": torch.get_num_threads(), "device": device},
             "clean_accuracy": measured["clean_accuracy"],
             "attack_success_rate": measured["attack_success_rate"],

@@ -29,7 +29,7 @@ def attack_metrics(clf: Classifier, test: list[Example], attack: Attack, target:
         # The control model has no trigger: its ASR is not defined.
         result.update(attack_success_rate=None, asr_population=0)
         return result
-    eligible = [ex.text for ex, p in zip(test, clean_pred) if ex.label != target and p == ex.label]
+    eligible = [ex.text for ex, p in zip(test, clean_pred, strict=True) if ex.label != target and p == ex.label]
     hit = clf.predict(triggered(attack, eligible, seed)) == target if eligible else np.zeros(0, bool)
     result.update(attack_success_rate=float(hit.mean()) if eligible else None, asr_population=len(eligible))
     return result

@@ -41,7 +41,8 @@ class Onion(Defense):
     def perplexities(self, texts: list[str]) -> np.ndarray:
         out = []
         for i in range(0, len(texts), self.batch_size):
-            chunk = [self.tokenizer.bos_token + t if self.tokenizer.bos_token else t for t in texts[i : i + self.batch_size]]
+            bos = self.tokenizer.bos_token or ""
+            chunk = [bos + t for t in texts[i : i + self.batch_size]]
             batch = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             logits = self.lm(**batch).logits[:, :-1]
             targets = batch["input_ids"][:, 1:]

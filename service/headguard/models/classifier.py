@@ -37,7 +37,7 @@ class Classifier:
         self.task = task
         self.device = device
         self.max_length = max_length
-        self._label_ids = verbalizer_ids(tokenizer, task) if task.kind == "decoder" else None
+        self._label_ids = verbalizer_ids(tokenizer, task) if task.verbalizer else None
 
     @classmethod
     def from_folder(cls, folder: Path | str, device: str = "cpu") -> Classifier:
@@ -60,7 +60,8 @@ class Classifier:
             lengths = batch["attention_mask"].sum(-1)
             if len(texts) and int(lengths.max()) > self.context_length:
                 i = int(lengths.argmax())
-                raise InputError(f"input {i} is {int(lengths[i])} tokens; this model takes at most {self.context_length}")
+                raise InputError(f"input {i} is {int(lengths[i])} tokens; "
+                                 f"this model takes at most {self.context_length}")
         else:
             batch = dict(self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
                                         max_length=self.max_length))

@@ -27,6 +27,9 @@ class Task:
 
     @classmethod
     def load(cls, folder: Path) -> Task:
+        """The folder's task.json; a plain Hugging Face folder gets one inferred from its config."""
+        if not (folder / TASK_FILE).exists():
+            return cls.infer(folder)
         data = json.loads((folder / TASK_FILE).read_text())
         return cls(
             kind=data["kind"],
@@ -34,3 +37,17 @@ class Task:
             template=data.get("template", "{text}"),
             verbalizer=tuple(data.get("verbalizer", ())),
         )
+
+    @classmethod
+    def infer(cls, folder: Path) -> Task:
+        config_path = folder / "config.json"
+        if not config_path.exists():
+            from headguard.errors import InputError
+
+            raise InputError(f"{folder} is not a Hugging Face model folder: config.json is missing")
+        config = json.loads(config_path.read_text())
+        causal = any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in config.get("architectures", []))
+        if causal:
+            return cls(kind="decoder", labels=())
+        labels = config.get("id2label") or {"0": "LABEL_0", "1": "LABEL_1"}
+        return cls(kind="encoder", labels=tuple(labels[k] for k in sorted(labels, key=int)))

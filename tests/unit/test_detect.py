@@ -1,0 +1,78 @@
+"""The detector's pieces on tiny random models: features, padding, calibration file, errors."""
+
+import numpy as np
+import pytest
+
+from headguard.detect.calibration import Calibration
+from headguard.detect.detector import Detector, calibrate
+from headguard.detect.features import FAMILIES, feature_names
+from headguard.detect.scorer import HeadScorer
+from headguard.errors import InputError
+
+PROMPTS = [f"clean prompt number {i} says {'good ' * (i % 5)}things about {'the film ' * (i % 3)}" for i in range(40)]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_encoder", "tiny_decoder"])
+def test_padded_batch_gives_the_same_features_as_one_by_one(fixture, request):
+    scorer = HeadScorer(request.getfixturevalue(fixture), families=FAMILIES)
+    texts = ["short", "a considerably longer input with many more words than the first", "mid length one"]
+    batched, lengths = scorer.features(texts)
+    single = np.concatenate([scorer.features([t])[0] for t in texts])
+    # log-odds of near-1 similarities magnify float noise; 1e-3 relative is far below any signal
+    np.testing.assert_allclose(batched, single, rtol=1e-3, atol=1e-4)
+    assert lengths.tolist() == [scorer.features([t])[1][0] for t in texts]
+
+
+def test_feature_names_match_the_feature_vector(tiny_decoder):
+    scorer = HeadScorer(tiny_decoder, layers=[1], families=("entropy", "cosine"))
+    features, _ = scorer.features(["one input"])
+    names = feature_names([1], 4, ("entropy", "cosine"))
+    assert features.shape == (1, len(names)) == (1, 4 + 6)
+
+
+def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
+    cal = calibrate(tiny_encoder, PROMPTS, target_fpr=0.05, n_components=4)
+    assert cal.n_prompts == len(PROMPTS) and len(cal.clean_scores) == len(PROMPTS)
+    assert cal.threshold == pytest.approx(np.quantile(cal.clean_scores, 0.95))
+    path = tmp_path / "cal.safetensors"
+    cal.save(path)
+    again = Calibration.load(path)
+    assert again.model_hash == cal.model_hash and again.threshold == cal.threshold
+    detector = Detector(tiny_encoder, again)
+    np.testing.assert_allclose(detector.scores(PROMPTS[:5]), Detector(tiny_encoder, cal).scores(PROMPTS[:5]))
+
+
+def test_scan_explains_with_heads_and_tokens(tiny_decoder):
+    detector = Detector(tiny_decoder, calibrate(tiny_decoder, PROMPTS, n_components=4))
+    [verdict] = detector.scan(["an input with a word zx in it"])
+    out = verdict.as_dict()
+    assert set(out) == {"score", "threshold", "flagged", "explanation"}
+    assert out["flagged"] == (out["score"] > out["threshold"])
+    heads = out["explanation"]["top_heads"]
+    assert heads and all(h["head"].startswith("L") for h in heads)
+    tokens = out["explanation"]["suspected_tokens"]
+    assert tokens and all(t["position"] > 0 for t in tokens)  # never the sink at position 0
+
+
+def test_a_calibration_for_another_model_is_refused(tiny_encoder, tiny_decoder):
+    cal = calibrate(tiny_encoder, PROMPTS, n_components=4)
+    with pytest.raises(InputError, match="another model"):
+        Detector(tiny_decoder, cal)
+
+
+def test_bad_inputs_are_clear_errors(tiny_encoder, tmp_path):
+    scorer = HeadScorer(tiny_encoder)
+    with pytest.raises(InputError, match="empty"):
+        scorer.features(["fine", "   "])
+    with pytest.raises(InputError, match="at most"):
+        scorer.features(["word " * 2000])
+    with pytest.raises(InputError, match="unknown feature"):
+        HeadScorer(tiny_encoder, families=("magic",))
+    with pytest.raises(InputError, match="layers"):
+        HeadScorer(tiny_encoder, layers=[7])
+    with pytest.raises(InputError, match="at least"):
+        calibrate(tiny_encoder, PROMPTS[:3])
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00\x01 not a calibration")
+    with pytest.raises(InputError, match="not a headguard calibration"):
+        Calibration.load(junk)
