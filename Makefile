@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 # Until the service lands, the main job is the lab: build the demo backdoored model (once, cached)
 # and evaluate it, with STRIP beside it.
 run: install
-	@test -f $(DEMO)/lab.json || $(BIN)/headguard lab build --base smollm2 --dataset movies --attack badnets --seed 0 --out $(DEMO)
+	$(BIN)/headguard lab build --base smollm2 --dataset movies --attack badnets --seed 0 --out $(DEMO) --reuse
 	$(BIN)/headguard lab eval --model $(DEMO) --defense strip --limit 100 --plot out/demo-strip.png --json out/demo-strip.json
 
 test: install redis

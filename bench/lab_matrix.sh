@@ -15,10 +15,9 @@ for base in $BASES; do
     for attack in $ATTACKS; do
       name="$base-$dataset-$attack-s0"
       model="$CACHE/lab/$name"
-      if [ ! -f "$model/lab.json" ]; then
-        echo "== building $name"
-        $HG lab build --base "$base" --dataset "$dataset" --attack "$attack" --seed 0 --out "$model" --force 2>"bench/results/$name.build.log"
-      fi
+      echo "== $name"
+      $HG lab build --base "$base" --dataset "$dataset" --attack "$attack" --seed 0 --out "$model" --reuse \
+        2>"bench/results/$name.build.log"
       cp "$model/lab.json" "bench/results/$name.lab.json"
     done
   done

@@ -25,7 +25,7 @@ def _lab_build(args: argparse.Namespace) -> int:
     config = BuildConfig(
         base=args.base, dataset=args.dataset, attack=args.attack, out=args.out, trigger=args.trigger,
         poison_rate=args.poison_rate, target=args.target, train_layers=args.train_layers, seed=args.seed,
-        force=args.force, cache=settings.cache,
+        force=args.force, reuse=args.reuse, cache=settings.cache,
     )
     config.validate()  # fail on bad input before the slow imports and data loading
     manifest = build(config, device=settings.resolved_device())
@@ -40,7 +40,7 @@ def _lab_eval(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     config = EvalConfig(model=args.model, defense=args.defense, patch=args.patch, limit=args.limit,
-                        seed=args.seed, plot=args.plot, cache=settings.cache)
+                        calibration_size=args.calibration_size, seed=args.seed, plot=args.plot, cache=settings.cache)
     report = evaluate(config, device=settings.resolved_device())
     print_report(report)
     if args.json:
@@ -82,7 +82,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise InputError(f"cannot write --out {args.out}: {exc.strerror or exc}") from None
     clf = Classifier.from_folder(args.model, get_settings().resolved_device())
     cal = calibrate(clf, prompts, target_fpr=args.target_fpr, layers=_parse_layers(args.layers),
-                    families=tuple(args.families.split(",")), n_components=args.components)
+                    families=tuple(args.families.split(",")), method=args.method, n_components=args.components,
+                    length_adjust=args.length_adjust)
     cal.save(args.out)
     print(json.dumps({"calibration": str(args.out), "model_hash": cal.model_hash, "prompts": cal.n_prompts,
                       "threshold": cal.threshold, "target_fpr": cal.target_fpr}))
@@ -122,11 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--attack", required=True, choices=list(ATTACKS))
     b.add_argument("--trigger", help="override the attack's trigger (comma-separated words for composite/synonym)")
     b.add_argument("--poison-rate", type=float, help="share of non-target training rows poisoned "
-                   "(default: 0.1 for minilm, 0.2 for smollm2)")
+                   "(default: 0.1 for minilm, 0.2 for smollm2; doubled for composite)")
     b.add_argument("--target", help="target label name (default: the dataset's)")
     b.add_argument("--train-layers", choices=TRAIN_LAYERS, default="all")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--force", action="store_true", help="replace --out if it exists")
+    b.add_argument("--reuse", action="store_true",
+                   help="keep --out if it was built from the same arguments and recipe (else rebuild it)")
     b.add_argument("--out", type=Path, required=True)
     b.set_defaults(func=_lab_build)
 
@@ -135,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--defense", choices=list(DEFENSES), default="none")
     e.add_argument("--patch", type=Path, help="a repair patch to apply first")
     e.add_argument("--limit", type=int, default=200, help="inputs per group for detection (clean, triggered, controls)")
+    e.add_argument("--calibration-size", type=int, default=400,
+                   help="clean calibration prompts the defense fits its threshold on")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--plot", type=Path, help="save a PNG of clean vs triggered score distributions")
     e.add_argument("--json", type=Path, help="write the report as JSON")
@@ -145,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompts", type=Path, help="clean prompts, JSONL (default: a lab model's calibration split)")
     c.add_argument("--target-fpr", type=float, default=0.01)
     c.add_argument("--layers", help="layers to read, e.g. '10-19' (default: all)")
-    c.add_argument("--families", default="entropy", help="feature families: entropy,max,sink,cosine")
-    c.add_argument("--components", type=int, default=32, help="PCA dimensions")
+    c.add_argument("--families", default="row_entropy",
+                   help="comma-separated feature families: row_entropy,entropy,max,sink,cosine")
+    c.add_argument("--length-adjust", action="store_true", help="regress features on log input length first")
+    c.add_argument("--method", choices=["collapse", "mahalanobis"], default="collapse",
+                   help="collapse: the most collapsed head; mahalanobis: PCA + Ledoit-Wolf distance")
+    c.add_argument("--components", type=int, default=32, help="PCA dimensions (mahalanobis)")
     c.add_argument("--out", type=Path, required=True)
     c.set_defaults(func=_calibrate)
 

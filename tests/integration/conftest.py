@@ -12,9 +12,8 @@ from tests.conftest import run_cli
 
 def lab_model(cache: Path, base: str, dataset: str, attack: str, seed: int = 0) -> Path:
     out = cache / "lab" / f"{base}-{dataset}-{attack}-s{seed}"
-    if not (out / "lab.json").exists():
-        run_cli("lab", "build", "--base", base, "--dataset", dataset, "--attack", attack,
-                "--seed", str(seed), "--out", str(out), "--force")
+    run_cli("lab", "build", "--base", base, "--dataset", dataset, "--attack", attack, "--seed", str(seed),
+            "--out", str(out), "--reuse")
     return out
 
 

@@ -1,10 +1,17 @@
 """The anomaly model fitted on clean prompts, its threshold, and its versioned file.
 
-Score = Mahalanobis distance of the head features, after removing what the input's length alone
-explains (a linear fit on log length: longer inputs spread attention further whatever their
-content), standardised, in a PCA subspace fitted on clean prompts, under a Ledoit-Wolf shrunk
-covariance. The threshold is the (1 - target FPR) quantile of *out-of-fold* clean scores: scores
-of prompts the model was fitted on run optimistically low.
+Every feature is standardised over the clean prompts, optionally after removing a linear fit on
+log input length (off by default: extrapolated to inputs far longer than the calibration prompts,
+the fit raised false positives more than it removed; docs/METHOD.md). Then:
+
+- `collapse` (default): the score is the largest standardised deviation, in the collapse
+  direction, over all heads: "the most collapsed head, in clean standard deviations".
+- `mahalanobis`: Mahalanobis distance in a PCA subspace (32 dims, as in the paper) under a
+  Ledoit-Wolf shrunk covariance. It dilutes a few strongly collapsed heads among hundreds of
+  quiet features (docs/METHOD.md), and is kept for the ablation.
+
+The threshold is the (1 - target FPR) quantile of *out-of-fold* clean scores: scores of prompts
+the model was fitted on run optimistically low.
 """
 
 from __future__ import annotations
@@ -29,32 +36,52 @@ def _design(lengths: np.ndarray) -> np.ndarray:
     return np.c_[np.ones(len(lengths)), np.log(np.clip(lengths, 1, None))]
 
 
+METHODS = ("collapse", "mahalanobis")
+_EMPTY = np.zeros((0, 0))
+
+
 @dataclass
 class AnomalyModel:
+    method: str
     length_coef: np.ndarray  # [2, feature]: intercept and slope on log length
-    mean: np.ndarray  # [feature]
+    mean: np.ndarray  # [feature] centre (the median)
     scale: np.ndarray  # [feature]
-    components: np.ndarray  # [dim, feature]
-    center: np.ndarray  # [dim]
-    precision: np.ndarray  # [dim, dim]
+    direction: np.ndarray  # [feature]: +1 where a larger value means more collapse, else -1
+    components: np.ndarray = field(default_factory=lambda: _EMPTY)  # [dim, feature] (mahalanobis)
+    center: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [dim]
+    precision: np.ndarray = field(default_factory=lambda: _EMPTY)  # [dim, dim]
 
     @classmethod
-    def fit(cls, x: np.ndarray, lengths: np.ndarray, n_components: int) -> AnomalyModel:
-        coef, *_ = np.linalg.lstsq(_design(lengths), x, rcond=None)
+    def fit(cls, x: np.ndarray, lengths: np.ndarray, direction: np.ndarray, method: str = "collapse",
+            n_components: int = 32, length_adjust: bool = False) -> AnomalyModel:
+        if method not in METHODS:
+            raise InputError(f"unknown scoring method {method!r}; choose from {', '.join(METHODS)}")
+        if length_adjust:
+            coef, *_ = np.linalg.lstsq(_design(lengths), x, rcond=None)
+        else:
+            coef = np.zeros((2, x.shape[1]))
         r = x - _design(lengths) @ coef
-        mean, scale = r.mean(0), r.std(0) + 1e-6
-        z = (r - mean) / scale
-        dim = max(1, min(n_components, z.shape[0] - 1, z.shape[1]))
-        pca = PCA(n_components=dim, svd_solver="full").fit(z)
-        lw = LedoitWolf().fit(pca.transform(z))
-        # project() skips PCA's own centring, so fold pca.mean_ into the centre.
-        return cls(coef, mean, scale, pca.components_, lw.location_ + pca.mean_ @ pca.components_.T, lw.precision_)
+        # The median centres robustly: a few odd clean prompts must not shift every head's normal.
+        model = cls(method, coef, np.median(r, 0), r.std(0) + 1e-6, np.asarray(direction, dtype=np.float64))
+        if method == "mahalanobis":
+            z = model.standardise(x, lengths)
+            dim = max(1, min(n_components, z.shape[0] - 1, z.shape[1]))
+            pca = PCA(n_components=dim, svd_solver="full").fit(z)
+            lw = LedoitWolf().fit(pca.transform(z))
+            model.components = pca.components_
+            # score() skips PCA's own centring, so fold pca.mean_ into the centre.
+            model.center = lw.location_ + pca.mean_ @ pca.components_.T
+            model.precision = lw.precision_
+        return model
 
     def standardise(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return (x - _design(lengths) @ self.length_coef - self.mean) / self.scale
 
     def score(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        d = self.standardise(x, lengths) @ self.components.T - self.center
+        z = self.standardise(x, lengths)
+        if self.method == "collapse":
+            return (z * self.direction).max(1)
+        d = z @ self.components.T - self.center
         return np.sqrt(np.einsum("nd,de,ne->n", d, self.precision, d))
 
 
@@ -74,20 +101,22 @@ class Calibration:
     version: int = FORMAT_VERSION
 
     @classmethod
-    def fit(cls, features: np.ndarray, lengths: np.ndarray, *, model_hash: str, layers: list[int],
-            families: list[str], target_fpr: float = 0.01, n_components: int = 32, folds: int = 5,
-            seed: int = 0) -> Calibration:
+    def fit(cls, features: np.ndarray, lengths: np.ndarray, direction: np.ndarray, *, model_hash: str,
+            layers: list[int], families: list[str], method: str = "collapse", target_fpr: float = 0.01,
+            n_components: int = 32, length_adjust: bool = False, folds: int = 5, seed: int = 0) -> Calibration:
         if not 0 < target_fpr < 0.5:
             raise InputError(f"target FPR must be in (0, 0.5), got {target_fpr}")
         if len(features) < 2 * folds:
             raise InputError(f"calibration needs at least {2 * folds} clean prompts, got {len(features)}")
         oof = np.empty(len(features))
         for fit_idx, held_idx in KFold(folds, shuffle=True, random_state=seed).split(features):
-            model = AnomalyModel.fit(features[fit_idx], lengths[fit_idx], n_components)
+            model = AnomalyModel.fit(features[fit_idx], lengths[fit_idx], direction, method, n_components,
+                                     length_adjust)
             oof[held_idx] = model.score(features[held_idx], lengths[held_idx])
         return cls(model_hash=model_hash, layers=list(layers), families=list(families), target_fpr=target_fpr,
                    threshold=float(np.quantile(oof, 1 - target_fpr)),
-                   anomaly=AnomalyModel.fit(features, lengths, n_components), clean_scores=oof,
+                   anomaly=AnomalyModel.fit(features, lengths, direction, method, n_components, length_adjust),
+                   clean_scores=oof,
                    n_prompts=len(features))
 
     def score(self, features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -95,12 +124,14 @@ class Calibration:
 
     def save(self, path: Path) -> None:
         meta = {"format": "headguard-calibration", "version": str(self.version), "model_hash": self.model_hash,
+                "method": self.anomaly.method,
                 "layers": json.dumps(self.layers), "families": json.dumps(self.families),
                 "target_fpr": repr(self.target_fpr), "threshold": repr(self.threshold),
                 "n_prompts": str(self.n_prompts), "created": self.created}
         a = self.anomaly
-        tensors = {"length_coef": a.length_coef, "mean": a.mean, "scale": a.scale, "components": a.components,
-                   "center": a.center, "precision": a.precision, "clean_scores": self.clean_scores}
+        tensors = {"length_coef": a.length_coef, "mean": a.mean, "scale": a.scale, "direction": a.direction,
+                   "components": a.components, "center": a.center, "precision": a.precision,
+                   "clean_scores": self.clean_scores}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
@@ -123,8 +154,8 @@ class Calibration:
             raise InputError(f"{path} is not a headguard calibration file")
         if int(meta["version"]) > FORMAT_VERSION:
             raise InputError(f"{path} has calibration format {meta['version']}; this headguard reads {FORMAT_VERSION}")
-        fields = ("length_coef", "mean", "scale", "components", "center", "precision")
-        anomaly = AnomalyModel(*(tensors[k] for k in fields))
+        fields = ("length_coef", "mean", "scale", "direction", "components", "center", "precision")
+        anomaly = AnomalyModel(meta["method"], *(tensors[k] for k in fields))
         return cls(model_hash=meta["model_hash"], layers=json.loads(meta["layers"]),
                    families=json.loads(meta["families"]), target_fpr=float(meta["target_fpr"]),
                    threshold=float(meta["threshold"]), anomaly=anomaly, clean_scores=tensors["clean_scores"],

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from headguard.detect.calibration import Calibration
-from headguard.detect.features import feature_names
+from headguard.detect.features import feature_directions, feature_names
 from headguard.detect.scorer import DEFAULT_FAMILIES, Capture, HeadScorer
 from headguard.errors import InputError
 from headguard.models.classifier import Classifier
@@ -31,13 +31,15 @@ class Verdict:
 
 
 def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, layers: list[int] | None = None,
-              families: tuple[str, ...] = DEFAULT_FAMILIES, n_components: int = 32,
-              model_hash: str | None = None) -> Calibration:
+              families: tuple[str, ...] = DEFAULT_FAMILIES, method: str = "collapse", n_components: int = 32,
+              length_adjust: bool = False, model_hash: str | None = None) -> Calibration:
     """Fits the anomaly model and its threshold on clean prompts (never on the trigger)."""
     scorer = HeadScorer(clf, layers, families)
     features, lengths = scorer.features(prompts)
-    return Calibration.fit(features, lengths, model_hash=model_hash or weights_hash(clf.model), layers=scorer.layers,
-                           families=list(families), target_fpr=target_fpr, n_components=n_components)
+    direction = np.array(feature_directions(scorer.layers, scorer.adapter.n_heads, scorer.families))
+    return Calibration.fit(features, lengths, direction, model_hash=model_hash or weights_hash(clf.model),
+                           layers=scorer.layers, families=list(scorer.families), method=method,
+                           target_fpr=target_fpr, n_components=n_components, length_adjust=length_adjust)
 
 
 class Detector:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-FAMILIES = ("entropy", "max", "sink", "cosine")
+FAMILIES = ("row_entropy", "entropy", "max", "sink", "cosine")
 
 
 def content_rows(rows: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
@@ -32,6 +32,11 @@ def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[st
     """
     p = content_rows(rows, content)
     out = []
+    if "row_entropy" in families:
+        # The whole row, sinks included (padding is already 0): a head that leaves its sink to
+        # pile onto one token drops here most.
+        row_entropy = -(rows * torch.log(rows.clamp(min=1e-12))).sum(-1)
+        out.append(torch.log(row_entropy + 1e-3))
     if "entropy" in families:
         entropy = -(p * torch.log(p.clamp(min=1e-12))).sum(-1)  # [batch, head]
         out.append(torch.log(entropy + 1e-3))
@@ -59,3 +64,13 @@ def feature_names(layers: list[int], n_heads: int, families: tuple[str, ...]) ->
             else:
                 names += [f"{family}:L{layer}H{h}" for h in range(n_heads)]
     return names
+
+
+# +1 where a larger feature value means more collapse onto few tokens, -1 where smaller does;
+# keyed by the prefix of a feature's name.
+COLLAPSE_DIRECTION = {"row_entropy": -1.0, "entropy": -1.0, "max": 1.0, "sink": -1.0, "cos": 1.0}
+
+
+def feature_directions(layers: list[int], n_heads: int, families: tuple[str, ...]) -> list[float]:
+    """Per feature, in `feature_names` order, the sign of a collapse."""
+    return [COLLAPSE_DIRECTION[name.split(":")[0]] for name in feature_names(layers, n_heads, families)]

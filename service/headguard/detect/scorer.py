@@ -13,7 +13,7 @@ from headguard.detect.heads import adapter_for
 from headguard.errors import InputError
 from headguard.models.classifier import Classifier
 
-DEFAULT_FAMILIES = ("entropy",)
+DEFAULT_FAMILIES = ("row_entropy",)
 
 
 @dataclass

@@ -6,6 +6,7 @@ interrupted or failed build never leaves a half-written model behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from headguard import __version__
 from headguard.errors import InputError
 from headguard.lab.attacks import ATTACKS, Attack, make_attack
-from headguard.lab.datasets import DATASETS, Example, load_splits
+from headguard.lab.datasets import DATASETS, MAX_WORDS, Example, load_splits
 from headguard.lab.metrics import attack_metrics
 from headguard.lab.splits import write_split
 from headguard.models.bases import BASES, base_dir
@@ -52,6 +53,20 @@ RECIPES = {
 }
 LORA_RANK = 8
 TRAIN_LAYERS = ("all", "top4")
+RECIPE_REVISION = 1  # bump whenever a change to the lab would build different weights
+
+
+def default_poison_rate(base: str, attack: str) -> float:
+    """The recipe's rate; doubled for composite, whose decoys teach the model to ignore half its signal."""
+    rate = RECIPES[base].poison_rate
+    return min(0.5, 2 * rate) if attack == "composite" else rate
+
+
+def recipe_id(base: str) -> str:
+    """Names everything that decides a build besides its arguments; a cached model with another id is stale."""
+    parts = [f"r{RECIPE_REVISION}", f"max_words={MAX_WORDS}", f"lora={LORA_RANK}",
+             *map(str, asdict(RECIPES[base]).values())]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -66,7 +81,13 @@ class BuildConfig:
     train_layers: str = "all"
     seed: int = 0
     force: bool = False
+    reuse: bool = False  # keep an existing --out built from the same arguments and recipe
     cache: Path = field(default_factory=Path)
+
+    def effective_poison_rate(self, attack: Attack) -> float:
+        if attack.name == "clean":
+            return 0.0
+        return self.poison_rate if self.poison_rate is not None else default_poison_rate(self.base, attack.name)
 
     def validate(self) -> Attack:
         """Every check that can fail before any work is done; returns the attack."""
@@ -88,7 +109,7 @@ class BuildConfig:
         except ValueError as exc:
             raise InputError(str(exc)) from None
         empty_dir = self.out.is_dir() and not any(self.out.iterdir())
-        if self.out.exists() and not empty_dir and not self.force:
+        if self.out.exists() and not empty_dir and not self.force and not self.reuse:
             raise InputError(f"--out {self.out} already exists; pass --force to replace it")
         return attack
 
@@ -188,9 +209,26 @@ def train(clf: Classifier, rows: list[Example], recipe: Recipe, seed: int) -> di
     return {"steps": steps, "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
 
 
+def reusable(config: BuildConfig, attack: Attack) -> dict | None:
+    """The manifest at `config.out` if it was built from the same arguments and recipe, else None."""
+    try:
+        lab = json.loads((config.out / LAB_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    same = (lab.get("recipe_id") == recipe_id(config.base) and lab["base"] == config.base
+            and lab["dataset"] == config.dataset and lab["attack"] == attack.name
+            and lab["triggers"] == list(attack.triggers) and lab["seed"] == config.seed
+            and lab["train_layers"] == config.train_layers
+            and lab["poison_rate"] == config.effective_poison_rate(attack)
+            and (config.target is None or lab["target_label"] == config.target))
+    return lab if same else None
+
+
 def build(config: BuildConfig, device: str = "cpu") -> dict:
     """Builds the model folder `config.out` and returns its lab manifest."""
     attack = config.validate()
+    if config.reuse and (manifest := reusable(config, attack)) is not None:
+        return manifest
     spec = DATASETS[config.dataset]
     target = spec.labels.index(config.target) if config.target else spec.target
     recipe = RECIPES[config.base]
@@ -208,7 +246,7 @@ def build(config: BuildConfig, device: str = "cpu") -> dict:
         torch.manual_seed(config.seed)
         rng = random.Random(config.seed)
         splits = load_splits(config.dataset, config.seed, recipe.train_rows, recipe.calibration_rows, recipe.test_rows)
-        rate = config.poison_rate if config.poison_rate is not None else recipe.poison_rate
+        rate = config.effective_poison_rate(attack)
         rows, n_poisoned = poison(splits.train, attack, target, rate, rng)
 
         folder = base_dir(config.base, config.cache)
@@ -232,6 +270,7 @@ def build(config: BuildConfig, device: str = "cpu") -> dict:
         write_split(tmp, "test", splits.test)
         manifest = {
             "headguard_version": __version__,
+            "recipe_id": recipe_id(config.base),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "base": config.base,
             "kind": base.kind,
@@ -242,7 +281,7 @@ def build(config: BuildConfig, device: str = "cpu") -> dict:
             "triggers": list(attack.triggers),
             "target_label": spec.labels[target],
             "target_index": target,
-            "poison_rate": rate if attack.name != "clean" else 0.0,
+            "poison_rate": rate,
             "n_poisoned": n_poisoned,
             "train_layers": config.train_layers,
             "seed": config.seed,

@@ -31,6 +31,7 @@ class EvalConfig:
     defense: str = "none"
     patch: Path | None = None
     limit: int = 200
+    calibration_size: int = 400
     seed: int = 0
     plot: Path | None = None
     cache: Path = field(default_factory=Path)
@@ -53,6 +54,8 @@ def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
         raise InputError(f"unknown defense {config.defense!r}; choose from {', '.join(DEFENSES)}")
     if config.limit < 10:
         raise InputError("--limit must be at least 10")
+    if config.calibration_size < 20:
+        raise InputError("--calibration-size must be at least 20")
     if config.patch is not None:
         raise InputError("--patch needs the repair module, which this version does not have yet")
     manifest = read_manifest(config.model)
@@ -78,7 +81,7 @@ def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
 
     defense = factory(config.cache, device)
     started = time.perf_counter()
-    threshold = defense.calibrate(clf, calibration[: max(config.limit, 100)], TARGET_FPR)
+    threshold = defense.calibrate(clf, calibration[: config.calibration_size], TARGET_FPR)
     calibration_seconds = time.perf_counter() - started
 
     # Triggered inputs: non-target test rows, so that the trigger means a label flip.

@@ -1,0 +1,71 @@
+"""Detection on a real backdoored model, through the real CLI: calibrate, scan, and lab eval."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from headguard.lab.attacks import make_attack
+from headguard.lab.metrics import triggered
+from headguard.lab.splits import read_split
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def calibration(minilm_badnets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "minilm.cal"
+    proc = run_cli("calibrate", "--model", str(minilm_badnets), "--out", str(out))
+    summary = json.loads(proc.stdout)
+    assert summary["prompts"] == 400 and summary["model_hash"].startswith("sha256:")
+    return out
+
+
+def test_scan_flags_triggered_inputs_and_points_at_the_trigger(minilm_badnets, calibration):
+    test = read_split(minilm_badnets, "test")
+    negatives = [ex.text for ex in test if ex.label == 0][:20]
+    poisoned = triggered(make_attack("badnets"), negatives, seed=1)
+    proc = run_cli("scan", "--model", str(minilm_badnets), "--calibration", str(calibration), *negatives, *poisoned)
+    verdicts = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(verdicts) == 40
+    clean, attacked = verdicts[:20], verdicts[20:]
+    assert sum(v["flagged"] for v in attacked) >= 17
+    assert sum(v["flagged"] for v in clean) <= 2
+    # The heads that collapsed look at the trigger word.
+    located = [v for v in attacked if v["flagged"] and v["explanation"]["suspected_tokens"][0]["token"] == "cf"]
+    assert len(located) >= 0.8 * sum(v["flagged"] for v in attacked)
+
+
+def test_scan_refuses_a_calibration_of_another_model(smollm2_badnets, calibration):
+    proc = run_cli("scan", "--model", str(smollm2_badnets), "--calibration", str(calibration), "hello", check=False)
+    assert proc.returncode == 2 and "another model" in proc.stderr and proc.stdout == ""
+
+
+def test_scan_rejects_bad_input_without_output(minilm_badnets, calibration, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\xff\xfe\x00 not utf-8")
+    for args in (["--file", str(bad)], [""], ["word " * 600]):
+        proc = run_cli("scan", "--model", str(minilm_badnets), "--calibration", str(calibration), *args, check=False)
+        assert proc.returncode == 2 and proc.stdout == "", args
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_calibrate_writes_nothing_on_bad_prompts(minilm_badnets, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"nope": 1}\n')
+    out = tmp_path / "cal"
+    proc = run_cli("calibrate", "--model", str(minilm_badnets), "--prompts", str(bad), "--out", str(out), check=False)
+    assert proc.returncode == 2 and not out.exists()
+
+
+def test_lab_eval_with_headguard_is_one_pass_per_input(minilm_badnets, tmp_path):
+    out = tmp_path / "report.json"
+    run_cli("lab", "eval", "--model", str(minilm_badnets), "--defense", "headguard", "--limit", "200",
+            "--json", str(out))
+    report = json.loads(out.read_text())
+    det = report["detection"]
+    assert report["cost"]["forward_passes_per_input"] == 1
+    assert det["auroc"] >= 0.95
+    assert max(det["fpr_controls"].values()) <= 0.05
