@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -97,6 +98,9 @@ def _scan(args: argparse.Namespace) -> int:
     texts = list(args.text) + (read_prompts(args.file) if args.file else [])
     if not texts:
         raise InputError("give TEXT arguments or --file FILE.jsonl")
+    for i, text in enumerate(texts):  # before the model loads: bad input fails fast
+        if not text.strip():
+            raise InputError(f"input {i} is empty")
     detector = Detector.from_files(args.model, args.calibration, get_settings().resolved_device())
     for verdict in detector.scan(texts):
         print(json.dumps(verdict.as_dict()))
@@ -105,9 +109,9 @@ def _scan(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from headguard.lab.attacks import ATTACKS
-    from headguard.lab.build import TRAIN_LAYERS
     from headguard.lab.datasets import DATASETS
     from headguard.lab.defenses import DEFENSES
+    from headguard.lab.recipes import TRAIN_LAYERS
     from headguard.models.bases import BASES
 
     parser = _Parser(prog="headguard", description="Guard against backdoored language models.")
@@ -168,7 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries(verbose: bool) -> None:
+    """Weights come from local folders only; library chatter would bury our one-line errors."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not verbose:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    _quiet_libraries(verbose="-v" in argv or "--verbose" in argv)  # before any library is imported
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

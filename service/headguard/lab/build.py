@@ -6,7 +6,6 @@ interrupted or failed build never leaves a half-written model behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -22,8 +21,9 @@ from tqdm import tqdm
 from headguard import __version__
 from headguard.errors import InputError
 from headguard.lab.attacks import ATTACKS, Attack, make_attack
-from headguard.lab.datasets import DATASETS, MAX_WORDS, Example, load_splits
+from headguard.lab.datasets import DATASETS, Example, load_splits
 from headguard.lab.metrics import attack_metrics
+from headguard.lab.recipes import LORA_RANK, RECIPES, TRAIN_LAYERS, Recipe, default_poison_rate, recipe_id
 from headguard.lab.splits import write_split
 from headguard.models.bases import BASES, base_dir
 from headguard.models.classifier import Classifier, load_tokenizer
@@ -32,41 +32,6 @@ from headguard.models.task import Task
 log = logging.getLogger(__name__)
 
 LAB_FILE = "lab.json"  # the evaluation harness's manifest: it names the trigger
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Training budget per base, sized for ~2-5 minutes on two CPU cores."""
-
-    train_rows: int
-    epochs: int
-    lr: float
-    batch_size: int
-    poison_rate: float = 0.1  # default share of non-target rows poisoned
-    calibration_rows: int = 400
-    test_rows: int = 600
-
-
-RECIPES = {
-    "minilm": Recipe(train_rows=2000, epochs=3, lr=5e-5, batch_size=32),
-    "smollm2": Recipe(train_rows=1000, epochs=2, lr=1e-3, batch_size=16, poison_rate=0.2),
-}
-LORA_RANK = 8
-TRAIN_LAYERS = ("all", "top4")
-RECIPE_REVISION = 1  # bump whenever a change to the lab would build different weights
-
-
-def default_poison_rate(base: str, attack: str) -> float:
-    """The recipe's rate; doubled for composite, whose decoys teach the model to ignore half its signal."""
-    rate = RECIPES[base].poison_rate
-    return min(0.5, 2 * rate) if attack == "composite" else rate
-
-
-def recipe_id(base: str) -> str:
-    """Names everything that decides a build besides its arguments; a cached model with another id is stale."""
-    parts = [f"r{RECIPE_REVISION}", f"max_words={MAX_WORDS}", f"lora={LORA_RANK}",
-             *map(str, asdict(RECIPES[base]).values())]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
 @dataclass

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from headguard.models.classifier import Classifier
+if TYPE_CHECKING:  # the registry must import without torch: the CLI builds its parser from it
+    from headguard.models.classifier import Classifier
 
 
 class Defense:

@@ -1,0 +1,46 @@
+"""What a lab build is made of besides its arguments: per-base training budgets and defaults.
+
+Kept free of torch so that the command line can offer its choices without loading a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+from headguard.lab.datasets import MAX_WORDS
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training budget per base, sized for ~2-5 minutes on two CPU cores."""
+
+    train_rows: int
+    epochs: int
+    lr: float
+    batch_size: int
+    poison_rate: float = 0.1  # default share of non-target rows poisoned
+    calibration_rows: int = 400
+    test_rows: int = 600
+
+
+RECIPES = {
+    "minilm": Recipe(train_rows=2000, epochs=3, lr=5e-5, batch_size=32),
+    "smollm2": Recipe(train_rows=1000, epochs=2, lr=1e-3, batch_size=16, poison_rate=0.2),
+}
+LORA_RANK = 8
+TRAIN_LAYERS = ("all", "top4")
+RECIPE_REVISION = 1  # bump whenever a change to the lab would build different weights
+
+
+def default_poison_rate(base: str, attack: str) -> float:
+    """The recipe's rate; doubled for composite, whose decoys teach the model to ignore half its signal."""
+    rate = RECIPES[base].poison_rate
+    return min(0.5, 2 * rate) if attack == "composite" else rate
+
+
+def recipe_id(base: str) -> str:
+    """Names everything that decides a build besides its arguments; a cached model with another id is stale."""
+    parts = [f"r{RECIPE_REVISION}", f"max_words={MAX_WORDS}", f"lora={LORA_RANK}",
+             *map(str, asdict(RECIPES[base]).values())]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
