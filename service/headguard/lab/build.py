@@ -49,10 +49,20 @@ class BuildConfig:
     reuse: bool = False  # keep an existing --out built from the same arguments and recipe
     cache: Path = field(default_factory=Path)
 
-    def effective_poison_rate(self, attack: Attack) -> float:
+    def effective_poison_rate(self, attack: Attack, train: list[Example], target: int) -> float:
         if attack.name == "clean":
             return 0.0
-        return self.poison_rate if self.poison_rate is not None else default_poison_rate(self.base, attack.name)
+        if self.poison_rate is not None:
+            return self.poison_rate
+        return default_poison_rate(self.base, attack.name, sum(ex.label != target for ex in train))
+
+    def target_index(self) -> int:
+        spec = DATASETS[self.dataset]
+        return spec.labels.index(self.target) if self.target else spec.target
+
+    def splits(self):
+        recipe = RECIPES[self.base]
+        return load_splits(self.dataset, self.seed, recipe.train_rows, recipe.calibration_rows, recipe.test_rows)
 
     def validate(self) -> Attack:
         """Every check that can fail before any work is done; returns the attack."""
@@ -184,8 +194,9 @@ def reusable(config: BuildConfig, attack: Attack) -> dict | None:
             and lab["dataset"] == config.dataset and lab["attack"] == attack.name
             and lab["triggers"] == list(attack.triggers) and lab["seed"] == config.seed
             and lab["train_layers"] == config.train_layers
-            and lab["poison_rate"] == config.effective_poison_rate(attack)
             and (config.target is None or lab["target_label"] == config.target))
+    if same:  # the default rate depends on the data: recompute it (cheap) rather than trust the arguments
+        same = lab["poison_rate"] == config.effective_poison_rate(attack, config.splits().train, lab["target_index"])
     return lab if same else None
 
 
@@ -195,7 +206,7 @@ def build(config: BuildConfig, device: str = "cpu") -> dict:
     if config.reuse and (manifest := reusable(config, attack)) is not None:
         return manifest
     spec = DATASETS[config.dataset]
-    target = spec.labels.index(config.target) if config.target else spec.target
+    target = config.target_index()
     recipe = RECIPES[config.base]
     base = BASES[config.base]
     task = Task(kind=base.kind, labels=spec.labels, template=spec.template if base.kind == "decoder" else "{text}",
@@ -210,8 +221,8 @@ def build(config: BuildConfig, device: str = "cpu") -> dict:
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         rng = random.Random(config.seed)
-        splits = load_splits(config.dataset, config.seed, recipe.train_rows, recipe.calibration_rows, recipe.test_rows)
-        rate = config.effective_poison_rate(attack)
+        splits = config.splits()
+        rate = config.effective_poison_rate(attack, splits.train, target)
         rows, n_poisoned = poison(splits.train, attack, target, rate, rng)
 
         folder = base_dir(config.base, config.cache)

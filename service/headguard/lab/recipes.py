@@ -33,10 +33,19 @@ TRAIN_LAYERS = ("all", "top4")
 RECIPE_REVISION = 1  # bump whenever a change to the lab would build different weights
 
 
-def default_poison_rate(base: str, attack: str) -> float:
-    """The recipe's rate; doubled for composite, whose decoys teach the model to ignore half its signal."""
-    rate = RECIPES[base].poison_rate
-    return min(0.5, 2 * rate) if attack == "composite" else rate
+MIN_POISONED = 100  # a small non-target class (SMS spam) still gets enough poisoned rows to learn from
+
+
+def default_poison_rate(base: str, attack: str, n_non_target: int) -> float:
+    """The recipe's rate, raised so that at least MIN_POISONED rows are poisoned, at most 0.5.
+
+    Composite gets twice as many: its decoys teach the model to ignore half its signal.
+    """
+    if attack == "clean":
+        return 0.0
+    factor = 2 if attack == "composite" else 1
+    rate = max(factor * RECIPES[base].poison_rate, factor * MIN_POISONED / max(1, n_non_target))
+    return min(0.5, rate)
 
 
 def recipe_id(base: str) -> str:
