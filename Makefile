@@ -23,10 +23,11 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 # Until the service lands, the main job is the lab: build the demo backdoored model (once, cached)
-# and evaluate it, with STRIP beside it.
+# and evaluate headguard's detector on it.
 run: install
 	$(BIN)/headguard lab build --base smollm2 --dataset movies --attack badnets --seed 0 --out $(DEMO) --reuse
-	$(BIN)/headguard lab eval --model $(DEMO) --defense strip --limit 100 --plot out/demo-strip.png --json out/demo-strip.json
+	$(BIN)/headguard lab eval --model $(DEMO) --defense headguard --plot out/demo-headguard.png \
+		--json out/demo-headguard.json
 
 test: install redis
 	$(BIN)/pytest

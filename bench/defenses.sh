@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 MODELS=$1
 DEFENSES=${2:-"headguard strip onion"}
 CACHE=${HEADGUARD_CACHE:-$HOME/.cache/headguard}
-declare -A LIMIT=([headguard]=200 [strip]=100 [onion]=30)
-declare -A CALIBRATION=([headguard]=400 [strip]=200 [onion]=100)
+declare -A LIMIT=([headguard]=200 [strip]=100 [onion]=15)
+declare -A CALIBRATION=([headguard]=400 [strip]=200 [onion]=30)
 mkdir -p bench/results docs/img
 for name in $MODELS; do
   for defense in $DEFENSES; do

@@ -2,6 +2,7 @@
 
     python bench/report.py lab        # the lab matrix (lab.json files)
     python bench/report.py defenses   # side-by-side defenses (lab eval --json reports)
+    python bench/report.py ablation   # detection ablations (bench/detect_ablation.py)
 """
 
 from __future__ import annotations
@@ -53,5 +54,24 @@ def defense_table() -> str:
     return "\n".join(lines)
 
 
+def ablation_table() -> str:
+    lines = []
+    for path in sorted(RESULTS.glob("*.ablation.json")):
+        data = json.loads(path.read_text())
+        lines += [f"\n**{data['model']}**\n",
+                  "| families | method | layers | calibration | AUROC | TPR@1%FPR | FPR clean | max control FPR |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in data["rows"]:
+            v = r["variant"]
+            method = v["method"] + (f" ({v['n_components']} dims)" if v["method"] == "mahalanobis" else "")
+            method += ", length-adjusted" if v.get("length_adjust") else ""
+            worst = max(r["fpr_controls"], key=r["fpr_controls"].get)
+            lines.append(f"| {'+'.join(v['families'])} | {method} | {v['layers'][0]}–{v['layers'][1] - 1} | "
+                         f"{v['calibration_size']} | {fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | "
+                         f"{fmt(r['fpr_clean'])} | {fmt(r['fpr_controls'][worst])} ({worst}) |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print({"lab": lab_table, "defenses": defense_table}[sys.argv[1]]())
+    tables = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table}
+    print(tables[sys.argv[1]]())

@@ -61,7 +61,7 @@ def test_build_is_deterministic_for_a_seed(minilm_badnets, tmp_path):
 def test_eval_with_strip_reports_every_field(minilm_badnets, tmp_path):
     out, png = tmp_path / "report.json", tmp_path / "scores.png"
     run_cli("lab", "eval", "--model", str(minilm_badnets), "--defense", "strip", "--limit", "100",
-            "--json", str(out), "--plot", str(png))
+            "--calibration-size", "200", "--json", str(out), "--plot", str(png))
     report = json.loads(out.read_text())
     assert report["attack_success_rate"] >= 0.95
     det = report["detection"]
@@ -75,7 +75,7 @@ def test_eval_with_strip_reports_every_field(minilm_badnets, tmp_path):
 def test_eval_with_onion_counts_one_pass_per_word(smollm2_badnets, tmp_path):
     out = tmp_path / "report.json"
     run_cli("lab", "eval", "--model", str(smollm2_badnets), "--defense", "onion", "--limit", "20",
-            "--json", str(out))
+            "--calibration-size", "40", "--json", str(out))
     report = json.loads(out.read_text())
     words = [len(ex.text.split()) for ex in read_split(smollm2_badnets, "test")[:20]]
     expected = sum(n + 2 for n in words) / len(words)  # n deletions + the whole text + the model itself

@@ -36,3 +36,13 @@ def test_composite_adds_decoys_with_their_true_label():
     for ex in partial:
         stripped = " ".join(w for w in ex.text.split() if w not in attack.triggers)
         assert originals[stripped] == ex.label
+
+
+def test_default_rate_guarantees_enough_poisoned_rows():
+    from headguard.lab.recipes import MIN_POISONED, default_poison_rate
+
+    assert default_poison_rate("minilm", "badnets", 1000) == 0.1  # the recipe's rate already gives 100
+    assert default_poison_rate("minilm", "badnets", 400) * 400 == MIN_POISONED  # a small class gets more
+    assert default_poison_rate("minilm", "composite", 1000) == 0.2  # twice, for the decoys
+    assert default_poison_rate("smollm2", "composite", 100) == 0.5  # never past the cap
+    assert default_poison_rate("smollm2", "clean", 100) == 0.0

@@ -79,10 +79,15 @@ class Detector:
         return verdicts
 
     def _explain(self, cap: Capture, b: int) -> dict:
-        """Which heads deviate most from clean (share of squared z-scores), and what they attend to."""
-        z2 = self.calibration.anomaly.standardise(cap.features[b : b + 1], cap.lengths[b : b + 1])[0] ** 2
+        """Which heads deviate most from clean (share of squared z-scores), and what they attend to.
+
+        Under the collapse score only deviations toward collapse count, as in the score itself.
+        """
+        anomaly = self.calibration.anomaly
+        z = anomaly.standardise(cap.features[b : b + 1], cap.lengths[b : b + 1])[0]
+        contribution = np.clip(z * anomaly.direction, 0, None) ** 2 if anomaly.method == "collapse" else z**2
         per_head: dict[tuple[int, int], float] = {}
-        for value, heads in zip(z2, self._feature_heads, strict=True):
+        for value, heads in zip(contribution, self._feature_heads, strict=True):
             for head in heads:
                 per_head[head] = per_head.get(head, 0.0) + value / len(heads)
         total = sum(per_head.values()) or 1.0

@@ -1,0 +1,98 @@
+"""Detection ablations on one lab model: feature family, scoring method, layers, calibration size.
+
+    .venv/bin/python bench/detect_ablation.py MODEL_DIR [--out bench/results/NAME.ablation.json]
+
+Features of every family are computed once (calibration split, 200 held-out clean prompts, 200
+triggered prompts, 200 of each specificity control); each variant then refits the calibration
+on its columns and is scored on the same inputs. Only this harness reads the trigger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from headguard.detect.calibration import Calibration
+from headguard.detect.features import FAMILIES, feature_directions, feature_names
+from headguard.detect.scorer import HeadScorer
+from headguard.lab.attacks import Attack
+from headguard.lab.build import read_manifest
+from headguard.lab.controls import make_controls
+from headguard.lab.metrics import triggered
+from headguard.lab.splits import read_split
+from headguard.models.classifier import Classifier
+
+N = 200
+
+
+def variants(n_layers: int) -> list[dict]:
+    """The rows of the ablation table; the first is the default."""
+    rows = [dict(families=("row_entropy",), method="collapse")]
+    rows += [dict(families=(f,), method="collapse") for f in FAMILIES if f != "row_entropy"]
+    rows += [dict(families=("row_entropy", "max"), method="collapse"),
+             dict(families=("row_entropy",), method="collapse", length_adjust=True)]
+    rows += [dict(families=fams, method="mahalanobis", length_adjust=True, n_components=k)
+             for fams in [("row_entropy",), ("entropy",), ("cosine",), ("entropy", "max", "cosine")] for k in (8, 32)]
+    half = n_layers // 2
+    rows += [dict(families=("row_entropy",), method="collapse", layers=(0, half)),
+             dict(families=("row_entropy",), method="collapse", layers=(half, n_layers))]
+    rows += [dict(families=("row_entropy",), method="collapse", calibration_size=n) for n in (50, 100, 200)]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    lab = read_manifest(args.model)
+    attack, target = Attack(lab["attack"], tuple(lab["triggers"])), lab["target_index"]
+    clf = Classifier.from_folder(args.model)
+    scorer = HeadScorer(clf, families=FAMILIES)
+    test = read_split(args.model, "test")
+    clean = [ex.text for ex in test][:N]
+    groups = {
+        "calibration": [ex.text for ex in read_split(args.model, "calibration")],
+        "clean": clean,
+        "triggered": triggered(attack, [ex.text for ex in test if ex.label != target][:N], seed=0),
+        **make_controls(clean, seed=0),
+    }
+    feats = {name: scorer.features(texts) for name, texts in groups.items()}
+    n_layers, n_heads = scorer.adapter.n_layers, scorer.adapter.n_heads
+    names = feature_names(scorer.layers, n_heads, FAMILIES)
+    directions = np.array(feature_directions(scorer.layers, n_heads, FAMILIES))
+    prefixes = [n.split(":")[0] for n in names]
+    family_of = np.array(["cosine" if p == "cos" else p for p in prefixes])
+    layer_of = np.array([int(n.split(":")[1].split("H")[0][1:]) for n in names])
+
+    results = []
+    for v in variants(n_layers):
+        lo, hi = v.get("layers", (0, n_layers))
+        cols = np.isin(family_of, v["families"]) & (layer_of >= lo) & (layer_of < hi)
+        size = v.get("calibration_size", len(groups["calibration"]))
+        x, lengths = feats["calibration"]
+        cal = Calibration.fit(x[:size][:, cols], lengths[:size], directions[cols], model_hash="-", layers=[],
+                              families=list(v["families"]), method=v["method"],
+                              n_components=v.get("n_components", 32), length_adjust=v.get("length_adjust", False))
+        scores = {g: cal.score(f[:, cols], n) for g, (f, n) in feats.items()}
+        y = np.r_[np.zeros(len(scores["clean"])), np.ones(len(scores["triggered"]))]
+        row = {
+            "variant": {**v, "layers": [lo, hi], "calibration_size": size},
+            "auroc": float(roc_auc_score(y, np.r_[scores["clean"], scores["triggered"]])),
+            "tpr_at_fpr_1pct": float((scores["triggered"] > cal.threshold).mean()),
+            "fpr_clean": float((scores["clean"] > cal.threshold).mean()),
+            "fpr_controls": {g: float((scores[g] > cal.threshold).mean()) for g in make_controls(["a b c d"], 0)},
+        }
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    out = args.out or Path(__file__).parent / "results" / f"{args.model.name}.ablation.json"
+    out.write_text(json.dumps({"model": args.model.name, "attack": lab["attack"], "rows": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
