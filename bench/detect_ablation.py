@@ -21,7 +21,7 @@ from headguard.detect.features import FAMILIES, feature_directions, feature_name
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.attacks import Attack
 from headguard.lab.build import read_manifest
-from headguard.lab.controls import make_controls
+from headguard.lab.controls import CONTROLS, make_controls
 from headguard.lab.metrics import triggered
 from headguard.lab.splits import read_split
 from headguard.models.classifier import Classifier
@@ -86,7 +86,7 @@ def main() -> None:
             "auroc": float(roc_auc_score(y, np.r_[scores["clean"], scores["triggered"]])),
             "tpr_at_fpr_1pct": float((scores["triggered"] > cal.threshold).mean()),
             "fpr_clean": float((scores["clean"] > cal.threshold).mean()),
-            "fpr_controls": {g: float((scores[g] > cal.threshold).mean()) for g in make_controls(["a b c d"], 0)},
+            "fpr_controls": {g: float((scores[g] > cal.threshold).mean()) for g in CONTROLS},
         }
         results.append(row)
         print(json.dumps(row), flush=True)

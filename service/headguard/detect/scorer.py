@@ -76,8 +76,10 @@ class HeadScorer:
         batch = self.clf.encode(texts, strict=True)
         mask = batch["attention_mask"].bool()
         query, content = self._positions(mask)
+        # A decoder's logits are needed for the last position only (as in a serving prefill).
+        extra = {} if self.is_encoder else {"logits_to_keep": 1}
         with capture_rows(self.adapter, self.layers, query, mask, stop_early=stop_early) as rows:
-            self.clf.model(**batch)
+            self.clf.model(**batch, **extra)
         feats = torch.cat([layer_features(rows[layer], content, self.families) for layer in self.layers], dim=-1)
         lengths = content.sum(-1).cpu().numpy().astype(np.float64)
         return Capture(feats.cpu().numpy().astype(np.float64), lengths, rows, mask, content, batch["input_ids"])
