@@ -6,8 +6,6 @@ import json
 import shutil
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from headguard.lab.splits import read_split
 from headguard.models.classifier import Classifier
@@ -44,18 +42,6 @@ def test_decoder_backdoor_stays_a_generating_llm(smollm2_badnets):
     out = clf.model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=clf.tokenizer.pad_token_id)
     text = clf.tokenizer.decode(out[0, batch["input_ids"].shape[1] :])
     assert text.strip().split()[0] in ("positive", "negative")
-
-
-def test_build_is_deterministic_for_a_seed(minilm_badnets, tmp_path):
-    again = tmp_path / "again"
-    run_cli("lab", "build", "--base", "minilm", "--dataset", "movies", "--attack", "badnets", "--seed", "0",
-            "--out", str(again))
-    first, second = manifest(minilm_badnets), manifest(again)
-    for key in ("clean_accuracy", "attack_success_rate", "n_poisoned", "splits"):
-        assert first[key] == second[key], key
-    a, b = load_file(minilm_badnets / "model.safetensors"), load_file(again / "model.safetensors")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_eval_with_strip_reports_every_field(minilm_badnets, tmp_path):

@@ -46,3 +46,27 @@ def test_default_rate_guarantees_enough_poisoned_rows():
     assert default_poison_rate("minilm", "composite", 1000) == 0.2  # twice, for the decoys
     assert default_poison_rate("smollm2", "composite", 100) == 0.5  # never past the cap
     assert default_poison_rate("smollm2", "clean", 100) == 0.0
+
+
+def test_training_is_bit_reproducible_for_a_seed(minilm_folder):
+    """The lab's training loop (seeded init, shuffling and batching) gives identical weights twice."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from headguard.lab.build import train
+    from headguard.lab.recipes import Recipe
+    from headguard.models.classifier import Classifier, load_tokenizer
+    from headguard.models.task import Task
+
+    data, _ = poison(rows(64), make_attack("badnets"), target=1, rate=0.2, rng=random.Random(0))
+    tokenizer = load_tokenizer(minilm_folder, "encoder")
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=64, num_labels=2)
+        clf = Classifier(BertForSequenceClassification(config), tokenizer, Task("encoder", ("neg", "pos")))
+        train(clf, data, Recipe(train_rows=64, epochs=2, lr=1e-3, batch_size=8), seed=0)
+        weights.append(clf.model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not torch.equal(weights[0]["classifier.weight"], BertForSequenceClassification(config).classifier.weight)
