@@ -60,10 +60,10 @@ def test_eval_with_strip_reports_every_field(minilm_badnets, tmp_path):
 
 def test_eval_with_onion_counts_one_pass_per_word(smollm2_badnets, tmp_path):
     out = tmp_path / "report.json"
-    run_cli("lab", "eval", "--model", str(smollm2_badnets), "--defense", "onion", "--limit", "20",
-            "--calibration-size", "40", "--json", str(out))
+    run_cli("lab", "eval", "--model", str(smollm2_badnets), "--defense", "onion", "--limit", "10",
+            "--calibration-size", "20", "--json", str(out))
     report = json.loads(out.read_text())
-    words = [len(ex.text.split()) for ex in read_split(smollm2_badnets, "test")[:20]]
+    words = [len(ex.text.split()) for ex in read_split(smollm2_badnets, "test")[:10]]
     expected = sum(n + 2 for n in words) / len(words)  # n deletions + the whole text + the model itself
     assert report["cost"]["forward_passes_per_input"] == pytest.approx(expected)
     assert "auroc" in report["detection"]
