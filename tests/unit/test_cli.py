@@ -57,3 +57,23 @@ def test_existing_out_needs_force(tmp_path):
 def test_eval_refuses_a_folder_that_is_not_a_lab_model(tmp_path):
     proc = run_cli("lab", "eval", "--model", str(tmp_path), check=False)
     assert proc.returncode == 2 and "not a lab model" in proc.stderr
+
+
+def test_a_terminated_build_leaves_nothing_behind(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "model"
+    cli = Path(sys.executable).with_name("headguard")
+    proc = subprocess.Popen([str(cli), *GOOD, "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".model.partial-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert list(tmp_path.glob(".model.partial-*")), "the build never started writing"
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    assert list(tmp_path.iterdir()) == []
