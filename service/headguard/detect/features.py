@@ -19,6 +19,11 @@ def content_rows(rows: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     return p / p.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
+def _log_entropy(p: torch.Tensor) -> torch.Tensor:
+    """log(H + 1e-3) of distributions along the last axis (zeros contribute nothing)."""
+    return torch.log(-(p * torch.log(p.clamp(min=1e-12))).sum(-1) + 1e-3)
+
+
 def _log_odds(p: torch.Tensor) -> torch.Tensor:
     p = p.clamp(1e-4, 1 - 1e-4)
     return torch.log(p) - torch.log1p(-p)
@@ -35,11 +40,9 @@ def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[st
     if "row_entropy" in families:
         # The whole row, sinks included (padding is already 0): a head that leaves its sink to
         # pile onto one token drops here most.
-        row_entropy = -(rows * torch.log(rows.clamp(min=1e-12))).sum(-1)
-        out.append(torch.log(row_entropy + 1e-3))
+        out.append(_log_entropy(rows))  # [batch, head]
     if "entropy" in families:
-        entropy = -(p * torch.log(p.clamp(min=1e-12))).sum(-1)  # [batch, head]
-        out.append(torch.log(entropy + 1e-3))
+        out.append(_log_entropy(p))
     if "max" in families:
         out.append(_log_odds(p.max(-1).values))
     if "sink" in families:
