@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from headguard.errors import HeadguardError, InputError
 from headguard.settings import get_settings
 
@@ -108,6 +110,48 @@ def _scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_error(exc: ValidationError) -> InputError:
+    first = exc.errors()[0]
+    name = "HEADGUARD_" + "_".join(map(str, first["loc"])).upper()
+    return InputError(f"{name}: {first['msg']}")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from headguard.api.app import create_app
+    from headguard.settings import Settings
+
+    overrides = {k: v for k, v in {"model": args.model, "calibration": args.calibration, "host": args.host,
+                                   "port": args.port}.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise _settings_error(exc) from None
+    if settings.model is None:
+        raise InputError("no model: pass --model DIR or set HEADGUARD_MODEL")
+    if not (settings.model / "config.json").exists():
+        raise InputError(f"{settings.model} is not a model folder (config.json is missing)")
+    if settings.calibration is not None and not settings.calibration.is_file():
+        raise InputError(f"calibration file {settings.calibration} does not exist")
+    failure: list[str] = []
+
+    def stop_on_failure(message: str) -> None:  # a server that cannot load its model must not linger
+        failure.append(message)
+        server.should_exit = True
+
+    app = create_app(settings, on_load_failure=stop_on_failure)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                                           timeout_graceful_shutdown=30))
+    print(f"headguard: serving {settings.model} on http://{settings.host}:{settings.port} "
+          "(OpenAPI at /docs; ready once /ready answers 200)", file=sys.stderr)
+    server.run()
+    if failure:
+        print(f"headguard: error: {failure[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from headguard.lab.attacks import ATTACKS
     from headguard.lab.datasets import DATASETS
@@ -171,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--file", type=Path, help="inputs as JSONL")
     s.add_argument("text", nargs="*", help="inputs")
     s.set_defaults(func=_scan)
+
+    v = commands.add_parser("serve", help="run the guard service (every option is also a HEADGUARD_ setting)")
+    v.add_argument("--model", type=Path, help="the suspect model folder (HEADGUARD_MODEL)")
+    v.add_argument("--calibration", type=Path,
+                   help="calibration file (HEADGUARD_CALIBRATION; default: a lab model's own clean split)")
+    v.add_argument("--host", help="listen address (HEADGUARD_HOST, default 127.0.0.1)")
+    v.add_argument("--port", type=int, help="listen port (HEADGUARD_PORT, default 8000)")
+    v.set_defaults(func=_serve)
     return parser
 
 
@@ -194,13 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
-    if settings.threads:
-        import torch
-
-        torch.set_num_threads(settings.threads)
     try:
+        settings = get_settings()
+        if settings.threads:
+            import torch
+
+            torch.set_num_threads(settings.threads)
         return args.func(args)
+    except ValidationError as exc:
+        print(f"headguard: error: {_settings_error(exc)}", file=sys.stderr)
+        return 2
     except InputError as exc:
         print(f"headguard: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,66 @@
+"""The FastAPI application: wires settings, engine, guard, metrics and routes together."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from headguard import __version__
+from headguard.api import admin, errors, routes
+from headguard.api.engine import Engine
+from headguard.api.errors import error_response
+from headguard.api.flagged import FlaggedLog
+from headguard.api.guard import Guard
+from headguard.api.upstream import Upstream
+from headguard.settings import Settings
+from headguard.telemetry.metrics import Metrics
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
+    metrics = Metrics()
+    engine = Engine(settings, metrics, on_load_failure)
+    key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+    upstream = (Upstream("upstream", settings.upstream_url, metrics, key, settings.upstream_timeout_s)
+                if settings.upstream_url else None)
+    route = (Upstream("route", settings.route_url, metrics, key, settings.upstream_timeout_s)
+             if settings.route_url else None)
+    flagged = FlaggedLog(settings.resolved_state_dir() / "flagged.jsonl", settings.flagged_log_size,
+                         settings.flagged_redact)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await engine.start()  # the model loads in the background: /health answers at once
+        yield
+        await engine.stop()
+        for client in (upstream, route):
+            if client is not None:
+                await client.close()
+
+    app = FastAPI(title="headguard", version=__version__, lifespan=lifespan,
+                  description="An inference-time guard against backdoored language models: it scores each "
+                  "prompt by how the suspect model's attention heads collapse, then allows, routes or rejects it.")
+    app.state.guard = Guard(settings, engine, metrics, flagged, upstream, route)
+    errors.install(app)
+    app.include_router(routes.router)
+    app.include_router(admin.router)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            response = error_response(413, f"the request body is {length} bytes; at most {MAX_BODY_BYTES}",
+                                      "request_too_large")
+        else:
+            response = await call_next(request)
+        response.headers["x-headguard-weights-version"] = engine.weights_version
+        route_ = request.scope.get("route")
+        metrics.request_seconds.labels(getattr(route_, "path", "unmatched")).observe(time.perf_counter() - started)
+        return response
+
+    return app

@@ -1,0 +1,231 @@
+"""The guard's engine: the loaded model, its detector and policy, micro-batched scoring and generation.
+
+Every use of the model (scoring, generation, recalibration) runs on one thread, in order. That
+is what makes a weights change safe: it is queued on the same thread and so lands between batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from headguard.api.batcher import MicroBatcher
+from headguard.api.policy import Policy
+from headguard.detect.calibration import Calibration
+from headguard.detect.detector import Detector, Verdict, calibrate
+from headguard.errors import InputError
+from headguard.lab.splits import SPLITS_DIR, read_split
+from headguard.models.classifier import Classifier
+from headguard.models.fingerprint import weights_hash
+from headguard.models.generate import Generation, GenerationRequest, Generator
+from headguard.settings import Settings
+from headguard.telemetry.metrics import Metrics
+
+log = logging.getLogger("headguard.engine")
+BASE_VERSION = "base"
+
+
+@dataclass
+class Loaded:
+    clf: Classifier
+    detector: Detector
+    policy: Policy
+    model_hash: str
+    generator: Generator | None
+
+
+def calibration_cache(settings: Settings, model_hash: str) -> Path:
+    """Where the service keeps the calibration it fitted itself for these weights."""
+    return settings.resolved_state_dir() / "calibrations" / f"{model_hash.split(':')[-1][:16]}.safetensors"
+
+
+def load_calibration(settings: Settings, clf: Classifier, model_hash: str) -> Calibration:
+    """The configured calibration; for a lab model without one, a cached fit on its clean split."""
+    if settings.calibration:
+        return Calibration.load(settings.calibration)
+    split = settings.model / SPLITS_DIR / "calibration.jsonl"
+    if not split.exists():
+        raise InputError(f"{settings.model} has no clean calibration split: set HEADGUARD_CALIBRATION "
+                         "(make one with `headguard calibrate`)")
+    cached = calibration_cache(settings, model_hash)
+    if cached.exists():
+        return Calibration.load(cached)
+    prompts = [ex.text for ex in read_split(settings.model, "calibration")]
+    log.warning("calibrating on %d clean prompts of %s (once; cached at %s)", len(prompts), settings.model, cached)
+    cal = calibrate(clf, prompts, model_hash=model_hash)
+    cal.save(cached)
+    return cal
+
+
+class Engine:
+    def __init__(self, settings: Settings, metrics: Metrics,
+                 on_load_failure: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.on_load_failure = on_load_failure
+        self.metrics = metrics
+        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headguard-model")
+        self.loaded: Loaded | None = None
+        self.load_error: str | None = None
+        self.weights_version = BASE_VERSION
+        self.model_name = settings.model_name or (settings.model.name if settings.model else "model")
+        self.device = settings.resolved_device()
+        self.started = time.time()
+        self._batcher: MicroBatcher[str, Verdict] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def load(self) -> None:
+        """Blocking: loads model, weights hash, calibration. Runs on the model thread at start."""
+        started = time.perf_counter()
+        if self.settings.model is None:
+            raise InputError("no model: set HEADGUARD_MODEL or pass --model")
+        if not Path(self.settings.model).is_dir():
+            raise InputError(f"model folder {self.settings.model} does not exist")
+        clf = Classifier.from_folder(self.settings.model, self.device)
+        model_hash = weights_hash(clf.model)
+        cal = load_calibration(self.settings, clf, model_hash)
+        detector = Detector(clf, cal, model_hash)
+        policy = Policy.from_calibration(cal, self.settings.reject_fpr, self.settings.route_fpr,
+                                         enforce=self.settings.mode == "enforce")
+        generator = Generator(clf) if clf.task.kind == "decoder" else None
+        self.loaded = Loaded(clf, detector, policy, model_hash, generator)
+        self._publish_state()
+        log.warning("ready: %s (%s) on %s in %.1f s", self.model_name, model_hash[:19], self.device,
+                    time.perf_counter() - started)
+
+    def _publish_state(self) -> None:
+        loaded = self.loaded
+        self.metrics.weights.info({"version": self.weights_version, "model_hash": loaded.model_hash,
+                                   "model": self.model_name})
+        self.metrics.threshold.labels("reject").set(loaded.policy.reject_threshold)
+        self.metrics.threshold.labels("route").set(loaded.policy.route_threshold)
+        self.metrics.ready.set(1)
+
+    async def start(self) -> None:
+        self._batcher = MicroBatcher(self._scan_batch, self.model_thread, self.settings.max_batch_size,
+                                     self.settings.batch_wait_ms / 1000, on_batch=self._on_batch,
+                                     on_depth=self.metrics.queue_depth.set)
+        self._batcher.start()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.model_thread, self.load)
+        future.add_done_callback(self._loaded)
+
+    def _loaded(self, future) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self.load_error = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+            log.error("the model failed to load: %s", self.load_error)
+            if self.on_load_failure is not None:
+                self.on_load_failure(self.load_error)
+
+    async def stop(self) -> None:
+        if self._batcher:
+            await self._batcher.stop()
+        self.model_thread.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded is not None
+
+    def info(self) -> dict:
+        loaded = self.loaded
+        info = {"model": self.model_name, "model_path": str(self.settings.model), "device": self.device,
+                "ready": self.ready, "weights_version": self.weights_version, "load_error": self.load_error}
+        if loaded:
+            cal = loaded.detector.calibration
+            info.update(
+                model_hash=loaded.model_hash, kind=loaded.clf.task.kind,
+                dtype=str(next(loaded.clf.model.parameters()).dtype).removeprefix("torch."),
+                context_length=loaded.clf.context_length, can_generate=loaded.generator is not None,
+                calibration={"created": cal.created, "prompts": cal.n_prompts, "target_fpr": cal.target_fpr,
+                             "method": cal.anomaly.method},
+                policy={"mode": self.settings.mode, "fail_mode": self.settings.fail_mode,
+                        "reject_threshold": loaded.policy.reject_threshold,
+                        "route_threshold": loaded.policy.route_threshold},
+            )
+        return info
+
+    # --- scoring -------------------------------------------------------------------------------
+    def check_inputs(self, texts: list[str]) -> None:
+        """Refuses what cannot be scored before it joins a batch (one bad input must not fail others)."""
+        if not texts:
+            raise InputError("no input to score")
+        if len(texts) > self.settings.max_inputs:
+            raise InputError(f"{len(texts)} inputs; at most {self.settings.max_inputs} per request")
+        self.check_inputs_each(texts)
+
+    def check_inputs_each(self, texts: list[str]) -> None:
+        clf = self.loaded.clf
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise InputError(f"input {i} is empty")
+            if len(text) > self.settings.max_input_chars:
+                raise InputError(f"input {i} is {len(text)} characters; at most {self.settings.max_input_chars}")
+            n = len(clf.tokenizer(clf.task.render(text))["input_ids"])
+            if n > clf.context_length:
+                raise InputError(f"input {i} is {n} tokens; this model takes at most {clf.context_length}")
+
+    def _scan_batch(self, texts: list[str]) -> list[Verdict]:
+        return self.loaded.detector.scan(texts, batch_size=self.settings.max_batch_size)
+
+    def _on_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.scoring_seconds.observe(seconds)
+
+    async def scan(self, texts: list[str]) -> list[Verdict]:
+        self.check_inputs(texts)
+        try:
+            verdicts = await self._batcher.submit(texts)
+        except Exception:
+            self.metrics.scoring_errors.inc()
+            raise
+        for v in verdicts:
+            self.metrics.scores.observe(v.score)
+        return verdicts
+
+    def recalibrate(self, prompts: list[str], target_fpr: float) -> Calibration:
+        """Model thread: fits a new calibration on clean prompts, saves it, and swaps it in whole."""
+        loaded = self.loaded
+        old = loaded.detector.calibration
+        cal = calibrate(loaded.clf, prompts, target_fpr=target_fpr, layers=old.layers,
+                        families=tuple(old.families), method=old.anomaly.method, model_hash=loaded.model_hash)
+        cal.save(calibration_cache(self.settings, loaded.model_hash))
+        policy = Policy.from_calibration(cal, self.settings.reject_fpr, self.settings.route_fpr,
+                                         enforce=loaded.policy.enforce)
+        self.loaded = Loaded(loaded.clf, Detector(loaded.clf, cal, loaded.model_hash), policy, loaded.model_hash,
+                             loaded.generator)
+        self._publish_state()
+        log.warning("recalibrated on %d prompts: threshold %.3f", len(prompts), cal.threshold)
+        return cal
+
+    # --- generation ----------------------------------------------------------------------------
+    def generator(self) -> Generator:
+        if self.loaded.generator is None:
+            raise InputError(f"{self.model_name} is a classifier and cannot generate: set HEADGUARD_UPSTREAM_URL "
+                             "to forward allowed requests to an LLM")
+        return self.loaded.generator
+
+    async def generate(self, req: GenerationRequest) -> Generation:
+        generator = self.generator()
+        return await asyncio.get_running_loop().run_in_executor(self.model_thread, generator.generate, req)
+
+    async def stream(self, req: GenerationRequest) -> AsyncIterator[str]:
+        """Text pieces as the model produces them; stops the model when the reader goes away."""
+        generator = self.generator()
+        cancel = threading.Event()
+        pieces, run = generator.stream(req, cancel)
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self.model_thread, run)
+        done = object()
+        try:
+            while (piece := await asyncio.to_thread(next, pieces, done)) is not done:
+                if piece:
+                    yield piece
+            await job  # surfaces a generation error
+        finally:
+            cancel.set()

@@ -1,0 +1,65 @@
+"""Real `headguard serve` processes on free ports, for tests that speak HTTP to a running server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url: str, process: subprocess.Popen, log: Path):
+        self.url, self.process, self.log = url, process, log
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120, **kwargs)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def serve(model: Path, log_dir: Path, env: dict[str, str] | None = None, ready_timeout: float = 300,
+          name: str = "server"):
+    """Starts the guard on `model`, waits for /ready, yields a Server; stops it afterwards."""
+    port = free_port()
+    cli = Path(sys.executable).with_name("headguard")
+    log = log_dir / f"{name}-{port}.log"
+    full_env = {**os.environ, "HEADGUARD_STATE_DIR": str(log_dir / f"{name}-state"), **(env or {})}
+    with log.open("w") as out:
+        process = subprocess.Popen([str(cli), "serve", "--model", str(model), "--port", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"the server exited with {process.returncode}:\n{server.logs()[-3000:]}")
+            try:
+                if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server was not ready in {ready_timeout} s:\n{server.logs()[-3000:]}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
