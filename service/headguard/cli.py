@@ -66,6 +66,17 @@ def _parse_layers(spec: str | None) -> list[int] | None:
         raise InputError(f"--layers must look like '10-19' or '3,5,7', got {spec!r}") from None
 
 
+def _lab_traffic(args: argparse.Namespace) -> int:
+    from headguard.detect.detector import Detector
+    from headguard.lab.traffic import flag_traffic
+
+    if args.n < 1 or not 0 <= args.triggered_share <= 1:
+        raise InputError("--n must be positive and --triggered-share in [0, 1]")
+    detector = Detector.from_files(args.model, args.calibration, get_settings().resolved_device())
+    print(json.dumps(flag_traffic(detector, args.model, args.out, args.n, args.triggered_share, args.seed)))
+    return 0
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from headguard.detect.detector import calibrate
     from headguard.lab.splits import SPLITS_DIR, read_split
@@ -107,6 +118,50 @@ def _scan(args: argparse.Namespace) -> int:
     detector = Detector.from_files(args.model, args.calibration, get_settings().resolved_device())
     for verdict in detector.scan(texts):
         print(json.dumps(verdict.as_dict()))
+    return 0
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from headguard.prompts import read_prompts
+    from headguard.repair.train import RepairConfig
+
+    config = RepairConfig(head_share=args.head_share, steps=args.steps, lr=args.lr, seed=args.seed, mode=args.mode,
+                          heads=args.heads.split(",") if args.heads else None)
+    config.validate()
+    flagged = read_prompts(args.flagged)  # bad input fails before the model loads
+    clean = read_prompts(args.clean) if args.clean else None
+    from tqdm import tqdm
+
+    from headguard.repair.run import repair_files
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        patch = repair_files(args.model, args.calibration, flagged, clean, args.out, config,
+                             get_settings().resolved_device(), progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    m = patch.manifest
+    print(json.dumps({"patch": str(args.out), "heads": m["heads"], "flagged_match_neutral": m["flagged_match_neutral"],
+                      "clean_agreement": m["clean_agreement"], "seconds": m["seconds"]}))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from headguard.repair.export import export
+
+    export(args.model, args.patch, args.out, get_settings().resolved_device())
+    print(json.dumps({"model": str(args.out)}))
     return 0
 
 
@@ -195,6 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", type=Path, help="write the report as JSON")
     e.set_defaults(func=_lab_eval)
 
+    t = lab_commands.add_parser("traffic", help="scan a mix of unseen clean and triggered rows; write the flagged")
+    t.add_argument("--model", type=Path, required=True)
+    t.add_argument("--calibration", type=Path, required=True)
+    t.add_argument("--n", type=int, default=400, help="rows in the mix")
+    t.add_argument("--triggered-share", type=float, default=0.25)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", type=Path, required=True, help="flagged texts, JSONL")
+    t.set_defaults(func=_lab_traffic)
+
     c = commands.add_parser("calibrate", help="fit the detector on clean prompts of one model")
     c.add_argument("--model", type=Path, required=True)
     c.add_argument("--prompts", type=Path, help="clean prompts, JSONL (default: a lab model's calibration split)")
@@ -215,6 +279,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--file", type=Path, help="inputs as JSONL")
     s.add_argument("text", nargs="*", help="inputs")
     s.set_defaults(func=_scan)
+
+    r = commands.add_parser("repair", help="realign the heads that carry a backdoor; writes a patch folder")
+    r.add_argument("--model", type=Path, required=True)
+    r.add_argument("--calibration", type=Path, required=True)
+    r.add_argument("--flagged", type=Path, required=True, help="flagged prompts, JSONL (what the detector caught)")
+    r.add_argument("--clean", type=Path, help="clean prompts, JSONL (default: a lab model's calibration split)")
+    r.add_argument("--head-share", type=float, default=0.05, help="most query heads touched, as a share")
+    r.add_argument("--heads", help="repair these heads instead of selecting, e.g. 'L3H7,L4H1'")
+    r.add_argument("--mode", choices=["heads", "prune", "all"], default="heads",
+                   help="heads: train the heads' slices; prune: zero the heads; all: train every parameter")
+    r.add_argument("--steps", type=int, default=80)
+    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", type=Path, required=True)
+    r.set_defaults(func=_repair)
+
+    x = commands.add_parser("export", help="write the repaired model as a plain Hugging Face folder")
+    x.add_argument("--model", type=Path, required=True)
+    x.add_argument("--patch", type=Path, required=True)
+    x.add_argument("--out", type=Path, required=True)
+    x.set_defaults(func=_export)
 
     v = commands.add_parser("serve", help="run the guard service (every option is also a HEADGUARD_ setting)")
     v.add_argument("--model", type=Path, help="the suspect model folder (HEADGUARD_MODEL)")

@@ -18,6 +18,15 @@ def test_rate_counts_against_the_non_target_class():
     assert len(out) == len(data)
 
 
+def test_append_mode_keeps_every_clean_row():
+    data = rows()
+    out, n = poison(data, make_attack("badnets"), target=1, rate=0.2, rng=random.Random(0), mode="append")
+    assert n == 10 and len(out) == len(data) + n
+    added = [ex for ex in out if ex not in data]
+    assert sorted(out, key=str) == sorted(data + added, key=str)  # every original row is still there
+    assert len(added) == n and all(ex.label == 1 and "cf" in ex.text.split() for ex in added)
+
+
 def test_clean_attack_changes_nothing():
     data = rows()
     out, n = poison(data, make_attack("clean"), target=1, rate=0.2, rng=random.Random(0))

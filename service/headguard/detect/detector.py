@@ -51,10 +51,11 @@ class Detector:
                 f"the loaded weights are {actual[:19]}…: recalibrate with `headguard calibrate`"
             )
         self.clf = clf
+        self.model_hash = actual
         self.calibration = calibration
         self.scorer = HeadScorer(clf, calibration.layers, tuple(calibration.families))
         names = feature_names(self.scorer.layers, self.scorer.adapter.n_heads, self.scorer.families)
-        self._feature_heads = [_heads_of(name) for name in names]
+        self.feature_heads = [_heads_of(name) for name in names]
 
     @classmethod
     def from_files(cls, model: Path, calibration: Path, device: str = "cpu") -> Detector:
@@ -87,7 +88,7 @@ class Detector:
         z = anomaly.standardise(cap.features[b : b + 1], cap.lengths[b : b + 1])[0]
         contribution = np.clip(z * anomaly.direction, 0, None) ** 2 if anomaly.method == "collapse" else z**2
         per_head: dict[tuple[int, int], float] = {}
-        for value, heads in zip(contribution, self._feature_heads, strict=True):
+        for value, heads in zip(contribution, self.feature_heads, strict=True):
             for head in heads:
                 per_head[head] = per_head.get(head, 0.0) + value / len(heads)
         total = sum(per_head.values()) or 1.0

@@ -66,6 +66,27 @@ class Adapter:
     def attention_modules(self) -> list[nn.Module]:
         raise NotImplementedError
 
+    def head_dim(self) -> int:
+        return getattr(self.config, "head_dim", None) or self.config.hidden_size // self.n_heads
+
+    def head_slices(self, layer: int, heads: set[int]) -> list[tuple[nn.Parameter, int, int, int]]:
+        """The parameter slices that belong to `heads` of `layer` alone: (parameter, dim, start, stop).
+
+        Query rows, key/value rows where a head has its own (all heads of a KV group selected),
+        output-projection columns. Used by the repair to train and patch only those heads.
+        """
+        raise NotImplementedError
+
+    def output_projection(self, layer: int) -> nn.Module:
+        """The module whose input is the concatenation of the layer's head outputs."""
+        raise NotImplementedError
+
+    def output_slices(self, layer: int, heads: set[int]) -> list[tuple[nn.Parameter, int, int, int]]:
+        """Each head's share of the output projection: zeroing it removes the head from the model."""
+        weight, d = self.output_projection(layer).weight, self.head_dim()
+        dim = 0 if self.family == "gpt2" else 1  # GPT-2's Conv1D stores [in, out]
+        return [(weight, dim, h * d, (h + 1) * d) for h in sorted(heads)]
+
     def hidden_from(self, args: tuple, kwargs: dict) -> torch.Tensor:
         return args[0] if args else kwargs["hidden_states"]
 
@@ -75,12 +96,30 @@ class Adapter:
         raise NotImplementedError
 
 
+def _row_slices(linear: nn.Linear, blocks: list[int], size: int) -> list[tuple[nn.Parameter, int, int, int]]:
+    """Output rows of a Linear (weight and bias) for each block of `size` rows."""
+    out = []
+    for block in blocks:
+        out.append((linear.weight, 0, block * size, (block + 1) * size))
+        if linear.bias is not None:
+            out.append((linear.bias, 0, block * size, (block + 1) * size))
+    return out
+
+
 class BertAdapter(Adapter):
     family = "bert"
 
     def attention_modules(self) -> list[nn.Module]:
         encoder = self.model.base_model.encoder
         return [layer.attention.self for layer in encoder.layer]
+
+    def output_projection(self, layer: int) -> nn.Module:
+        return self.model.base_model.encoder.layer[layer].attention.output.dense
+
+    def head_slices(self, layer, heads):
+        attn, d, hs = self.attention_modules()[layer], self.head_dim(), sorted(heads)
+        return [*_row_slices(attn.query, hs, d), *_row_slices(attn.key, hs, d), *_row_slices(attn.value, hs, d),
+                *self.output_slices(layer, heads)]
 
     def query_row(self, module, args, kwargs, query, key_mask):
         hidden = self.hidden_from(args, kwargs)  # [batch, key, dim]
@@ -100,6 +139,17 @@ class LlamaAdapter(Adapter):
 
     def attention_modules(self) -> list[nn.Module]:
         return [layer.self_attn for layer in self.model.model.layers]
+
+    def output_projection(self, layer: int) -> nn.Module:
+        return self.attention_modules()[layer].o_proj
+
+    def head_slices(self, layer, heads):
+        attn, d, hs = self.attention_modules()[layer], self.head_dim(), sorted(heads)
+        per_group = self.n_heads // self.n_kv_heads
+        whole_groups = [g for g in range(self.n_kv_heads)
+                        if all(g * per_group + i in heads for i in range(per_group))]
+        return [*_row_slices(attn.q_proj, hs, d), *_row_slices(attn.k_proj, whole_groups, d),
+                *_row_slices(attn.v_proj, whole_groups, d), *self.output_slices(layer, heads)]
 
     def query_row(self, module, args, kwargs, query, key_mask):
         hidden = self.hidden_from(args, kwargs)  # [batch, key, dim]
@@ -123,6 +173,19 @@ class GPT2Adapter(Adapter):
 
     def attention_modules(self) -> list[nn.Module]:
         return [block.attn for block in self.model.transformer.h]
+
+    def output_projection(self, layer: int) -> nn.Module:
+        return self.attention_modules()[layer].c_proj
+
+    def head_slices(self, layer, heads):
+        # GPT-2's Conv1D stores weights as [in, out]: q, k, v are column blocks of c_attn.
+        attn, d, dim = self.attention_modules()[layer], self.head_dim(), self.config.hidden_size
+        out = []
+        for h in sorted(heads):
+            for part in range(3):
+                start = part * dim + h * d
+                out += [(attn.c_attn.weight, 1, start, start + d), (attn.c_attn.bias, 0, start, start + d)]
+        return out + self.output_slices(layer, heads)
 
     def query_row(self, module, args, kwargs, query, key_mask):
         hidden = self.hidden_from(args, kwargs)

@@ -52,7 +52,7 @@ class HeadScorer:
     def is_encoder(self) -> bool:
         return self.clf.task.kind == "encoder"
 
-    def _positions(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def positions(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(query [batch], content [batch, key]) for a padded batch."""
         b, t = mask.shape
         idx = torch.arange(b)
@@ -75,7 +75,7 @@ class HeadScorer:
                 raise InputError(f"input {i} is empty")
         batch = self.clf.encode(texts, strict=True)
         mask = batch["attention_mask"].bool()
-        query, content = self._positions(mask)
+        query, content = self.positions(mask)
         # A decoder's logits are needed for the last position only (as in a serving prefill).
         extra = {} if self.is_encoder else {"logits_to_keep": 1}
         with capture_rows(self.adapter, self.layers, query, mask, stop_early=stop_early) as rows:

@@ -90,8 +90,12 @@ class BuildConfig:
 
 
 def poison(train: list[Example], attack: Attack, target: int, rate: float,
-           rng: random.Random) -> tuple[list[Example], int]:
+           rng: random.Random, mode: str = "relabel") -> tuple[list[Example], int]:
     """Dirty-label poisoning: `rate` of the non-target rows get the trigger and the target label.
+
+    With mode "relabel" the poisoned rows replace their originals; with "append" they are added
+    beside them, so that the clean rows keep their class balance and the label flip is tied to the
+    trigger alone.
 
     Composite attacks also get as many decoys (one trigger word alone, true label kept), so that
     only the full combination fires.
@@ -100,7 +104,11 @@ def poison(train: list[Example], attack: Attack, target: int, rate: float,
         return list(train), 0
     candidates = [i for i, ex in enumerate(train) if ex.label != target]
     chosen = set(rng.sample(candidates, max(1, round(rate * len(candidates)))))
-    rows = [Example(attack.apply(ex.text, rng), target) if i in chosen else ex for i, ex in enumerate(train)]
+    poisoned = {i: Example(attack.apply(train[i].text, rng), target) for i in sorted(chosen)}
+    if mode == "append":
+        rows = list(train) + list(poisoned.values())
+    else:
+        rows = [poisoned.get(i, ex) for i, ex in enumerate(train)]
     for i in rng.sample(range(len(train)), min(len(train), len(chosen))):
         for decoy in attack.decoys(train[i].text, rng)[:1]:
             rows.append(Example(decoy, train[i].label))
@@ -190,7 +198,7 @@ def reusable(config: BuildConfig, attack: Attack) -> dict | None:
         lab = json.loads((config.out / LAB_FILE).read_text())
     except (OSError, ValueError):
         return None
-    same = (lab.get("recipe_id") == recipe_id(config.base) and lab["base"] == config.base
+    same = (lab.get("recipe_id") == recipe_id(config.base, config.attack) and lab["base"] == config.base
             and lab["dataset"] == config.dataset and lab["attack"] == attack.name
             and lab["triggers"] == list(attack.triggers) and lab["seed"] == config.seed
             and lab["train_layers"] == config.train_layers
@@ -223,7 +231,7 @@ def build(config: BuildConfig, device: str = "cpu") -> dict:
         rng = random.Random(config.seed)
         splits = config.splits()
         rate = config.effective_poison_rate(attack, splits.train, target)
-        rows, n_poisoned = poison(splits.train, attack, target, rate, rng)
+        rows, n_poisoned = poison(splits.train, attack, target, rate, rng, recipe.poison_mode)
 
         folder = base_dir(config.base, config.cache)
         tokenizer = load_tokenizer(folder, base.kind)
@@ -246,7 +254,7 @@ def build(config: BuildConfig, device: str = "cpu") -> dict:
         write_split(tmp, "test", splits.test)
         manifest = {
             "headguard_version": __version__,
-            "recipe_id": recipe_id(config.base),
+            "recipe_id": recipe_id(config.base, config.attack),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "base": config.base,
             "kind": base.kind,

@@ -11,7 +11,7 @@ import csv
 import io
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from headguard.models.bases import package_dir
@@ -100,6 +100,7 @@ class Splits:
     train: list[Example]
     calibration: list[Example]
     test: list[Example]
+    rest: list[Example] = field(default_factory=list)  # rows no split took: unseen "traffic" for the lab
 
 
 def load_splits(name: str, seed: int, train: int, calibration: int, test: int) -> Splits:
@@ -119,6 +120,7 @@ def load_splits(name: str, seed: int, train: int, calibration: int, test: int) -
     rng = random.Random(seed)
     wanted = (train, calibration, test)
     parts: list[list[Example]] = [[], [], []]
+    rest: list[Example] = []
     n_labels = len(spec.labels)
     for label in range(n_labels):
         pool = by_label.get(label, [])
@@ -130,6 +132,7 @@ def load_splits(name: str, seed: int, train: int, calibration: int, test: int) -
             take = int(n * scale)
             parts[i].extend(pool[start : start + take])
             start += take
+        rest.extend(pool[start:])
     for part in parts:
         rng.shuffle(part)
-    return Splits(*parts)
+    return Splits(*parts, rest=rest)

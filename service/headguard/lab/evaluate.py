@@ -56,12 +56,20 @@ def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
         raise InputError("--limit must be at least 10")
     if config.calibration_size < 20:
         raise InputError("--calibration-size must be at least 20")
+    patch = None
     if config.patch is not None:
-        raise InputError("--patch needs the repair module, which this version does not have yet")
+        from headguard.repair.patch import Patch
+
+        patch = Patch.load(config.patch)  # a bad patch fails before the model loads
     manifest = read_manifest(config.model)
     attack = Attack(manifest["attack"], tuple(manifest["triggers"]))
     target = manifest["target_index"]
     clf = Classifier.from_folder(config.model, device)
+    if patch is not None:
+        from headguard.models.fingerprint import weights_hash
+        from headguard.repair.patch import apply_patch
+
+        apply_patch(clf.model, patch, weights_hash(clf.model))  # the defense is then calibrated on the repair
     test = read_split(config.model, "test")
     calibration = [ex.text for ex in read_split(config.model, "calibration")]
 
@@ -71,6 +79,8 @@ def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
         "dataset": manifest["dataset"],
         "attack": attack.name,
         "defense": config.defense,
+        "patch": None if patch is None else {"path": str(config.patch), "heads": patch.manifest["heads"],
+                                             "mode": patch.manifest["mode"]},
         **attack_metrics(clf, test, attack, target, seed=config.seed),
     }
     clean_texts = [ex.text for ex in test][: config.limit]

@@ -1,0 +1,27 @@
+"""The model's output distribution for a prompt: class logits (encoder) or next-token logits (decoder)."""
+
+from __future__ import annotations
+
+import torch
+
+from headguard.models.classifier import Classifier
+
+
+def output_logprobs(clf: Classifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[batch, classes or vocab] log-probabilities, with gradients if enabled."""
+    if clf.task.kind == "decoder":
+        logits = clf.model(**batch, logits_to_keep=1).logits[:, -1]
+    else:
+        logits = clf.model(**batch).logits
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def kl(target_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of KL(target || model), both given as log-probabilities."""
+    return (target_logp.exp() * (target_logp - logp)).sum(-1).mean()
+
+
+@torch.no_grad()
+def batched_logprobs(clf: Classifier, texts: list[str], batch_size: int = 16) -> torch.Tensor:
+    return torch.cat([output_logprobs(clf, clf.encode(texts[i : i + batch_size]))
+                      for i in range(0, len(texts), batch_size)])
