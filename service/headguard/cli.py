@@ -165,6 +165,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from headguard.jobs.worker import work
+
+    url = get_settings().redis_url
+    if not url:
+        raise InputError("the worker needs HEADGUARD_REDIS_URL (without Redis, the server runs jobs itself)")
+    work(url)
+    return 0
+
+
 def _settings_error(exc: ValidationError) -> InputError:
     first = exc.errors()[0]
     name = "HEADGUARD_" + "_".join(map(str, first["loc"])).upper()
@@ -300,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--patch", type=Path, required=True)
     x.add_argument("--out", type=Path, required=True)
     x.set_defaults(func=_export)
+
+    w = commands.add_parser("worker", help="run repair jobs from the Redis queue (HEADGUARD_REDIS_URL)")
+    w.set_defaults(func=_worker)
 
     v = commands.add_parser("serve", help="run the guard service (every option is also a HEADGUARD_ setting)")
     v.add_argument("--model", type=Path, help="the suspect model folder (HEADGUARD_MODEL)")

@@ -74,7 +74,15 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token for /admin/v1; unset: the admin API refuses every call."
     )
-    redis_url: str | None = Field(default=None, description="Redis for repair jobs; unset: an in-process queue.")
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for repair jobs and the active weights version; unset: an in-process queue and a file.",
+    )
+    weights_dir: Path | None = Field(
+        default=None, description="The weights store shared by workers and replicas; default STATE_DIR/weights."
+    )
+    weights_poll_s: float = Field(default=10.0, gt=0, description="How often replicas re-check the active version.")
+    job_timeout_s: int = Field(default=3600, ge=60, description="A repair job running longer is stopped.")
     max_batch_size: int = Field(default=16, ge=1, le=256, description="Most inputs scored in one forward pass.")
     batch_wait_ms: float = Field(default=5.0, ge=0, description="How long a batch waits for more requests.")
     max_inputs: int = Field(default=64, ge=1, description="Most inputs in one scan request.")
@@ -87,6 +95,9 @@ class Settings(BaseSettings):
 
     def resolved_state_dir(self) -> Path:
         return self.state_dir or self.cache / "serve"
+
+    def resolved_weights_dir(self) -> Path:
+        return self.weights_dir or self.resolved_state_dir() / "weights"
 
     def resolved_device(self) -> str:
         if self.device != "auto":

@@ -15,15 +15,27 @@ from headguard.api.errors import error_response
 from headguard.api.flagged import FlaggedLog
 from headguard.api.guard import Guard
 from headguard.api.upstream import Upstream
+from headguard.jobs.queue import LocalJobs, RedisJobs
 from headguard.settings import Settings
 from headguard.telemetry.metrics import Metrics
+from headguard.weights.store import WeightsStore
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
     metrics = Metrics()
-    engine = Engine(settings, metrics, on_load_failure)
+    redis = None
+    if settings.redis_url:
+        from redis import Redis
+
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        jobs = RedisJobs(settings.redis_url, settings.job_timeout_s)
+    else:
+        jobs = LocalJobs(settings.resolved_state_dir() / "jobs")
+    metrics.watch_jobs(lambda: jobs.list(100))
+    store = WeightsStore(settings.resolved_weights_dir(), redis)
+    engine = Engine(settings, metrics, store, on_load_failure)
     key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
     upstream = (Upstream("upstream", settings.upstream_url, metrics, key, settings.upstream_timeout_s)
                 if settings.upstream_url else None)
@@ -37,6 +49,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
         await engine.start()  # the model loads in the background: /health answers at once
         yield
         await engine.stop()
+        jobs.close()
         for client in (upstream, route):
             if client is not None:
                 await client.close()
@@ -44,7 +57,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     app = FastAPI(title="headguard", version=__version__, lifespan=lifespan,
                   description="An inference-time guard against backdoored language models: it scores each "
                   "prompt by how the suspect model's attention heads collapse, then allows, routes or rejects it.")
-    app.state.guard = Guard(settings, engine, metrics, flagged, upstream, route)
+    app.state.guard = Guard(settings, engine, metrics, flagged, upstream, route, jobs)
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(admin.router)

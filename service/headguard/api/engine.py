@@ -24,11 +24,13 @@ from headguard.lab.splits import SPLITS_DIR, read_split
 from headguard.models.classifier import Classifier
 from headguard.models.fingerprint import weights_hash
 from headguard.models.generate import Generation, GenerationRequest, Generator
+from headguard.repair.patch import AppliedPatch, Patch, check_patch
 from headguard.settings import Settings
 from headguard.telemetry.metrics import Metrics
+from headguard.weights.store import BASE, CHANNEL, WeightsStore
 
 log = logging.getLogger("headguard.engine")
-BASE_VERSION = "base"
+BASE_VERSION = BASE
 
 
 @dataclass
@@ -45,29 +47,35 @@ def calibration_cache(settings: Settings, model_hash: str) -> Path:
     return settings.resolved_state_dir() / "calibrations" / f"{model_hash.split(':')[-1][:16]}.safetensors"
 
 
-def load_calibration(settings: Settings, clf: Classifier, model_hash: str) -> Calibration:
-    """The configured calibration; for a lab model without one, a cached fit on its clean split."""
+def load_calibration(settings: Settings, clf: Classifier, model_hash: str) -> tuple[Calibration, Path]:
+    """(calibration, its file): the configured one; for a lab model without one, a cached fit on its clean split."""
     if settings.calibration:
-        return Calibration.load(settings.calibration)
+        return Calibration.load(settings.calibration), settings.calibration
     split = settings.model / SPLITS_DIR / "calibration.jsonl"
     if not split.exists():
         raise InputError(f"{settings.model} has no clean calibration split: set HEADGUARD_CALIBRATION "
                          "(make one with `headguard calibrate`)")
     cached = calibration_cache(settings, model_hash)
     if cached.exists():
-        return Calibration.load(cached)
+        return Calibration.load(cached), cached
     prompts = [ex.text for ex in read_split(settings.model, "calibration")]
     log.warning("calibrating on %d clean prompts of %s (once; cached at %s)", len(prompts), settings.model, cached)
     cal = calibrate(clf, prompts, model_hash=model_hash)
     cal.save(cached)
-    return cal
+    return cal, cached
 
 
 class Engine:
-    def __init__(self, settings: Settings, metrics: Metrics,
+    def __init__(self, settings: Settings, metrics: Metrics, store: WeightsStore,
                  on_load_failure: Callable[[str], None] | None = None):
         self.settings = settings
+        self.store = store
         self.on_load_failure = on_load_failure
+        self._applied: AppliedPatch | None = None
+        self._patches: dict[str, Patch] = {}  # verified patches kept in memory: rollback needs no disk
+        self._refused: set[str] = set()  # versions that failed to apply: not retried on every poll
+        self._watcher: asyncio.Task | None = None
+        self.calibration_path: Path | None = None
         self.metrics = metrics
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headguard-model")
         self.loaded: Loaded | None = None
@@ -88,12 +96,16 @@ class Engine:
             raise InputError(f"model folder {self.settings.model} does not exist")
         clf = Classifier.from_folder(self.settings.model, self.device)
         model_hash = weights_hash(clf.model)
-        cal = load_calibration(self.settings, clf, model_hash)
+        cal, self.calibration_path = load_calibration(self.settings, clf, model_hash)
         detector = Detector(clf, cal, model_hash)
         policy = Policy.from_calibration(cal, self.settings.reject_fpr, self.settings.route_fpr,
                                          enforce=self.settings.mode == "enforce")
         generator = Generator(clf) if clf.task.kind == "decoder" else None
         self.loaded = Loaded(clf, detector, policy, model_hash, generator)
+        try:
+            self.apply_version(self.store.active())  # ready means: on the active weights
+        except Exception as exc:  # the pointer is unreachable (Redis down) or the patch is bad: serve base
+            log.error("could not load the active weights version (%s); serving %s", exc, self.weights_version)
         self._publish_state()
         log.warning("ready: %s (%s) on %s in %.1f s", self.model_name, model_hash[:19], self.device,
                     time.perf_counter() - started)
@@ -106,6 +118,65 @@ class Engine:
         self.metrics.threshold.labels("route").set(loaded.policy.route_threshold)
         self.metrics.ready.set(1)
 
+    # --- weights ---------------------------------------------------------------------------------
+    def apply_version(self, version: str) -> None:
+        """Model thread: swaps the weights to `version` between batches; verified before anything changes."""
+        if version == self.weights_version or version in self._refused:
+            return
+        loaded = self.loaded
+        try:
+            patch = None
+            if version != BASE:
+                patch = self._patches.get(version) or self.store.load(version)
+                check_patch(loaded.clf.model, patch, loaded.model_hash)
+                self._patches[version] = patch
+        except Exception:
+            self._refused.add(version)
+            self.metrics.swaps.labels("refused").inc()
+            raise
+        # Past this point only in-memory copies of verified slices happen: nothing can fail half-way.
+        if self._applied is not None:
+            self._applied.revert()
+            self._applied = None
+        if patch is not None:
+            self._applied = AppliedPatch(loaded.clf.model, patch)
+        previous, self.weights_version = self.weights_version, version
+        self.metrics.swaps.labels("applied").inc()
+        self._publish_state()
+        log.warning("weights: %s -> %s", previous, version)
+
+    async def sync_weights(self) -> str:
+        """Reads the active version and swaps to it if needed; returns the version served."""
+        want = await asyncio.to_thread(self.store.active)
+        if self.ready and want != self.weights_version:
+            await asyncio.get_running_loop().run_in_executor(self.model_thread, self.apply_version, want)
+        return self.weights_version
+
+    async def _watch_weights(self) -> None:
+        """Follows the active version: on announcements (Redis pub/sub) and every poll interval."""
+        poll = self.settings.weights_poll_s
+        while True:
+            try:
+                await self.sync_weights()
+            except Exception as exc:  # Redis down or a bad patch: keep serving what we have
+                log.warning("weights check failed: %s: %s", type(exc).__name__, exc)
+            await self._announcement(poll)
+
+    async def _announcement(self, timeout: float) -> None:
+        if self.settings.redis_url is None:
+            await asyncio.sleep(timeout)
+            return
+        import redis.asyncio as aioredis
+
+        try:
+            client = aioredis.from_url(self.settings.redis_url, socket_connect_timeout=2)
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(CHANNEL)
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+            await client.aclose()
+        except Exception:
+            await asyncio.sleep(timeout)
+
     async def start(self) -> None:
         self._batcher = MicroBatcher(self._scan_batch, self.model_thread, self.settings.max_batch_size,
                                      self.settings.batch_wait_ms / 1000, on_batch=self._on_batch,
@@ -114,6 +185,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.model_thread, self.load)
         future.add_done_callback(self._loaded)
+        self._watcher = loop.create_task(self._watch_weights())
 
     def _loaded(self, future) -> None:
         exc = future.exception()
@@ -124,6 +196,9 @@ class Engine:
                 self.on_load_failure(self.load_error)
 
     async def stop(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         if self._batcher:
             await self._batcher.stop()
         self.model_thread.shutdown(wait=False, cancel_futures=True)
@@ -194,7 +269,8 @@ class Engine:
         old = loaded.detector.calibration
         cal = calibrate(loaded.clf, prompts, target_fpr=target_fpr, layers=old.layers,
                         families=tuple(old.families), method=old.anomaly.method, model_hash=loaded.model_hash)
-        cal.save(calibration_cache(self.settings, loaded.model_hash))
+        self.calibration_path = calibration_cache(self.settings, loaded.model_hash)
+        cal.save(self.calibration_path)
         policy = Policy.from_calibration(cal, self.settings.reject_fpr, self.settings.route_fpr,
                                          enforce=loaded.policy.enforce)
         self.loaded = Loaded(loaded.clf, Detector(loaded.clf, cal, loaded.model_hash), policy, loaded.model_hash,

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 
 from headguard.api.upstream import UpstreamError
 from headguard.errors import InputError
+from headguard.jobs.queue import JobsUnavailable
 
 log = logging.getLogger("headguard.api")
 
@@ -61,6 +62,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UpstreamError)
     async def _upstream(request: Request, exc: UpstreamError):
         return error_response(502, str(exc), "upstream_unavailable")
+
+    @app.exception_handler(JobsUnavailable)
+    async def _jobs(request: Request, exc: JobsUnavailable):
+        return error_response(503, str(exc), "jobs_unavailable", headers={"retry-after": "10"})
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):

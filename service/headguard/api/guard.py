@@ -17,6 +17,7 @@ from headguard.api.schemas import ChatCompletionRequest, CompletionRequest
 from headguard.api.upstream import Upstream
 from headguard.detect.detector import Verdict
 from headguard.errors import InputError
+from headguard.jobs.queue import LocalJobs, RedisJobs
 from headguard.models.generate import GenerationRequest, cut_at_stop
 from headguard.settings import Settings
 from headguard.telemetry.metrics import Metrics
@@ -38,9 +39,9 @@ class Scored:
 
 class Guard:
     def __init__(self, settings: Settings, engine: Engine, metrics: Metrics, flagged: FlaggedLog,
-                 upstream: Upstream | None, route: Upstream | None):
+                 upstream: Upstream | None, route: Upstream | None, jobs: LocalJobs | RedisJobs):
         self.settings, self.engine, self.metrics, self.flagged = settings, engine, metrics, flagged
-        self.upstream, self.route = upstream, route
+        self.upstream, self.route, self.jobs = upstream, route, jobs
 
     # --- checks --------------------------------------------------------------------------------
     def require_ready(self) -> None:

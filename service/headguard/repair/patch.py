@@ -87,20 +87,26 @@ class Patch:
         return cls(manifest, slices, values)
 
 
+def patch_views(model: torch.nn.Module, patch: Patch) -> list[torch.Tensor]:
+    """The model's tensors the patch writes to; raises if any slice does not fit (nothing is changed)."""
+    params = dict(model.named_parameters())
+    views = []
+    for ref, value in zip(patch.slices, patch.values, strict=True):
+        if ref.param not in params:
+            raise InputError(f"the patch changes {ref.param}, which this model does not have")
+        view = ref.view(params[ref.param].data)
+        if view.shape != value.shape:
+            raise InputError(f"the patch's slice of {ref.param} is {tuple(value.shape)}, "
+                             f"the model's is {tuple(view.shape)}")
+        views.append(view)
+    return views
+
+
 class AppliedPatch:
     """A patch applied in place; `revert()` puts the original bits back."""
 
     def __init__(self, model: torch.nn.Module, patch: Patch):
-        params = dict(model.named_parameters())
-        views = []
-        for ref, value in zip(patch.slices, patch.values, strict=True):  # check everything before changing anything
-            if ref.param not in params:
-                raise InputError(f"the patch changes {ref.param}, which this model does not have")
-            view = ref.view(params[ref.param].data)
-            if view.shape != value.shape:
-                raise InputError(f"the patch's slice of {ref.param} is {tuple(value.shape)}, "
-                                 f"the model's is {tuple(view.shape)}")
-            views.append(view)
+        views = patch_views(model, patch)  # every check before any change
         self.patch = patch
         self._views = views
         self._originals = [v.clone() for v in views]
@@ -118,9 +124,15 @@ class AppliedPatch:
         self.active = False
 
 
-def apply_patch(model: torch.nn.Module, patch: Patch, model_hash: str) -> AppliedPatch:
-    """Applies `patch` to the model whose weights hash to `model_hash`; refuses a patch for other weights."""
+def check_patch(model: torch.nn.Module, patch: Patch, model_hash: str) -> None:
+    """Raises unless `patch` was made for these weights (hash) and every slice fits."""
     if patch.base_hash != model_hash:
         raise InputError(f"this patch was made for other weights ({patch.base_hash[:19]}…); "
                          f"the loaded model is {model_hash[:19]}…")
+    patch_views(model, patch)
+
+
+def apply_patch(model: torch.nn.Module, patch: Patch, model_hash: str) -> AppliedPatch:
+    """Applies `patch` to the model whose weights hash to `model_hash`; refuses a patch for other weights."""
+    check_patch(model, patch, model_hash)
     return AppliedPatch(model, patch)

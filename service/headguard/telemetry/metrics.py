@@ -5,7 +5,10 @@ Names carry their unit; labels are bounded sets (route, decision, status), never
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from headguard import __version__
 
@@ -42,10 +45,39 @@ class Metrics:
         self.fail_open = Counter("headguard_fail_open", "Requests let through unscored because scoring failed.",
                                  registry=r)
         self.scoring_errors = Counter("headguard_scoring_errors", "Scoring passes that raised.", registry=r)
+        self.swaps = Counter("headguard_weights_swaps", "Weights version changes by result (applied, refused).",
+                             ["result"], registry=r)
         self.weights = Info("headguard_weights", "The active weights version.", registry=r)
         self.ready = Gauge("headguard_ready", "1 once model, calibration and weights are loaded.", registry=r)
         self.build = Info("headguard_build", "headguard build.", registry=r)
         self.build.info({"version": __version__})
 
+    def watch_jobs(self, list_jobs: Callable[[], list[dict]]) -> None:
+        """Job counts by status and the running jobs' progress, read from the queue at scrape time."""
+        self.registry.register(_JobsCollector(list_jobs))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _JobsCollector:
+    STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+    def __init__(self, list_jobs: Callable[[], list[dict]]):
+        self.list_jobs = list_jobs
+
+    def collect(self):
+        try:
+            jobs = self.list_jobs()
+        except Exception:  # the queue is down: say nothing rather than fail the whole scrape
+            return
+        by_status = GaugeMetricFamily("headguard_jobs", "Recent repair jobs by status.", labels=["status"])
+        for status in self.STATUSES:
+            by_status.add_metric([status], sum(j["status"] == status for j in jobs))
+        yield by_status
+        progress = GaugeMetricFamily("headguard_job_progress_ratio", "Progress of running repair jobs (0-1).",
+                                     labels=["job"])
+        for job in jobs:
+            if job["status"] == "running" and job.get("progress"):
+                progress.add_metric([job["id"]], job["progress"]["fraction"])
+        yield progress

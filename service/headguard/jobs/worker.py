@@ -1,0 +1,60 @@
+"""The rq side: the job function a worker runs, and `headguard worker`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from headguard.jobs.queue import MAX_EVENTS, QUEUE, RedisJobs
+from headguard.jobs.tasks import JobSpec, run_repair
+
+HEARTBEAT_S = 3
+
+
+def rq_repair(spec: dict) -> dict:
+    """Runs in the worker's work horse; reports progress to Redis and keeps a heartbeat alive."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    redis = job.connection
+    alive_key, events_key = RedisJobs.HEARTBEAT.format(job.id), RedisJobs.EVENTS.format(job.id)
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.is_set():
+            redis.set(alive_key, "1", ex=HEARTBEAT_S * 3)
+            stop.wait(HEARTBEAT_S)
+
+    last_saved = [0.0]
+
+    def report(event: dict) -> None:
+        redis.rpush(events_key, json.dumps(event))
+        redis.ltrim(events_key, -MAX_EVENTS, -1)
+        redis.expire(events_key, 7 * 86400)
+        if time.monotonic() - last_saved[0] > 0.5 or event["done"] == event["total"]:
+            job.meta["last_event"] = event
+            job.save_meta()
+            last_saved[0] = time.monotonic()
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    try:
+        return run_repair(JobSpec.model_validate(spec), report, redis=redis)
+    except Exception as exc:
+        job.meta["error"] = f"{type(exc).__name__}: {exc}"
+        job.save_meta()
+        raise
+    finally:
+        stop.set()
+        redis.delete(alive_key)
+
+
+def work(redis_url: str) -> None:
+    from redis import Redis
+    from rq import Queue, Worker
+    from rq.serializers import JSONSerializer
+
+    connection = Redis.from_url(redis_url)
+    queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer)
+    Worker([queue], connection=connection, serializer=JSONSerializer).work(with_scheduler=False)

@@ -1,0 +1,1 @@
+"""Versioned repair patches shared by workers and replicas, and which version is active."""
