@@ -29,7 +29,7 @@ class Recipe:
 
 RECIPES = {
     "minilm": Recipe(train_rows=2000, epochs=3, lr=5e-5, batch_size=32),
-    "smollm2": Recipe(train_rows=1000, epochs=2, lr=1e-3, batch_size=16, poison_rate=0.2, poison_mode="append"),
+    "smollm2": Recipe(train_rows=1000, epochs=2, lr=1e-3, batch_size=16, poison_rate=0.3, poison_mode="append"),
 }
 LORA_RANK = 8
 TRAIN_LAYERS = ("all", "top4")

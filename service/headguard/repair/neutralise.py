@@ -1,15 +1,19 @@
-"""Self-supervised targets: strip the words the collapsed heads attend to until the prompt scores clean.
+"""Self-supervised targets: remove the words that make the detector fire until the prompt scores clean.
 
-No trigger list is used. The detector's explanation names the tokens its most anomalous heads
-attend to; the word holding the heaviest one is removed (from the user's text only, never from the
-model's prompt template) and the prompt is scored again, up to `max_words` times.
+No trigger list is used. For each flagged prompt, every word of the user's text (never the
+model's prompt template) is deleted in turn and the variants are scored; the deletion that lowers
+the score most is kept, and this repeats, up to `max_words` times, until the prompt scores at or
+below the threshold. The attention of the query row is not enough to find the trigger in a
+decoder: there the collapsed heads look at the prompt's last tokens, which carry the trigger's
+effect forward, so deletion (occlusion) is what localises it.
 """
 
 from __future__ import annotations
 
-import bisect
 import re
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from headguard.detect.detector import Detector
 
@@ -24,65 +28,44 @@ class Neutralised:
     ok: bool = False  # the neutral prompt scores at or below the threshold
 
 
-def _word_spans(text: str) -> list[tuple[int, int]]:
-    return [m.span() for m in re.finditer(r"\S+", text)]
+def deletions(text: str) -> list[tuple[str, str]]:
+    """(word, text without it) for each word; a neighbouring space goes with the word."""
+    out = []
+    for m in re.finditer(r"\S+", text):
+        start, end = m.span()
+        if end < len(text) and text[end] == " ":
+            end += 1
+        elif start > 0 and text[start - 1] == " ":
+            start -= 1
+        rest = text[:start] + text[end:]
+        if rest.strip():
+            out.append((m.group(), rest))
+    return out
 
 
-def suspected_word(detector: Detector, text: str, explanation: dict) -> tuple[int, int] | None:
-    """The character span, within `text`, of the word holding the heaviest suspected token."""
-    clf = detector.clf
-    prompt = clf.task.render(text)
-    offset = clf.task.template.index("{text}") if clf.task.kind == "decoder" else 0
-    spans = _word_spans(text)
-    starts = [s for s, _ in spans]
-    encoding = clf.tokenizer(prompt, return_offsets_mapping=True)
-    offsets = encoding["offset_mapping"]
-    for token in explanation["suspected_tokens"]:
-        pos = token["position"]
-        if not 0 <= pos < len(offsets):
-            continue
-        start, end = offsets[pos]
-        piece = prompt[start:end]
-        start += len(piece) - len(piece.lstrip())  # byte-level tokens carry their leading space
-        char = start - offset
-        if end <= start or not 0 <= char < len(text):
-            continue  # a template or special token: never removed
-        i = bisect.bisect_right(starts, char) - 1
-        if i >= 0 and spans[i][0] <= char < spans[i][1]:
-            return spans[i]
-    return None
-
-
-def _remove(text: str, span: tuple[int, int]) -> str:
-    start, end = span
-    if end < len(text) and text[end] == " ":
-        end += 1
-    elif start > 0 and text[start - 1] == " ":
-        start -= 1
-    return text[:start] + text[end:]
-
-
-def neutralise(detector: Detector, texts: list[str], max_words: int = 3, batch_size: int = 16) -> list[Neutralised]:
-    verdicts = detector.scan(texts, batch_size)
-    items = [Neutralised(t, t, [], v.score, v.score, v.score <= detector.threshold) for t, v in zip(texts, verdicts,
-                                                                                                        strict=True)]
-    explanations = [v.explanation for v in verdicts]
-    pending = [i for i, item in enumerate(items) if not item.ok]
-    for _ in range(max_words):
-        changed = []
-        for i in pending:
-            span = suspected_word(detector, items[i].neutral, explanations[i])
-            if span is None:
-                continue
-            items[i].removed.append(items[i].neutral[span[0] : span[1]])
-            items[i].neutral = _remove(items[i].neutral, span)
-            if items[i].neutral.strip():
-                changed.append(i)
-        if not changed:
+def neutralise(detector: Detector, texts: list[str], max_words: int = 3, max_candidates: int = 64,
+               progress=None) -> list[Neutralised]:
+    scores = detector.scores(texts)
+    threshold = detector.threshold
+    items = [Neutralised(t, t, [], float(s), float(s), bool(s <= threshold)) for t, s in zip(texts, scores,
+                                                                                          strict=True)]
+    for round_ in range(max_words):
+        pending = [it for it in items if not it.ok]
+        if not pending:
             break
-        for i, verdict in zip(changed, detector.scan([items[i].neutral for i in changed], batch_size), strict=True):
-            items[i].score_after = verdict.score
-            items[i].ok = verdict.score <= detector.threshold
-            explanations[i] = verdict.explanation
-        pending = [i for i in changed if not items[i].ok]
+        options = [deletions(it.neutral)[:max_candidates] for it in pending]
+        flat = [rest for opts in options for _, rest in opts]
+        flat_scores = detector.scores(flat) if flat else np.zeros(0)
+        offset = 0
+        for it, opts in zip(pending, options, strict=True):
+            if opts:
+                local = flat_scores[offset : offset + len(opts)]
+                best = int(np.argmin(local))
+                it.removed.append(opts[best][0])
+                it.neutral = opts[best][1]
+                it.score_after = float(local[best])
+                it.ok = bool(it.score_after <= threshold)
+            offset += len(opts)
+        if progress:
+            progress(round_ + 1, max_words)
     return items

@@ -84,10 +84,9 @@ class Repairer:
 
     # --- stages --------------------------------------------------------------------------------
     def targets(self, flagged: list[str]) -> list[Neutralised]:
-        self.progress("neutralise", 0, 1)
-        items = neutralise(self.detector, flagged, self.config.max_words)
-        self.progress("neutralise", 1, 1)
-        return items
+        self.progress("neutralise", 0, self.config.max_words)
+        return neutralise(self.detector, flagged, self.config.max_words,
+                          progress=lambda done, total: self.progress("neutralise", done, total))
 
     def choose_heads(self, usable: list[Neutralised], clean: list[str]) -> tuple[list[tuple[int, int]], dict]:
         cfg = self.config
@@ -212,8 +211,8 @@ class Repairer:
         items = self.targets(flagged)
         usable = [it for it in items if it.ok and it.removed]
         if not usable:
-            raise InputError(f"none of the {len(flagged)} flagged prompts could be neutralised (removing up to "
-                             f"{cfg.max_words} suspected words never brought the score under the threshold)")
+            raise InputError(f"none of the {len(flagged)} flagged prompts could be neutralised (deleting up to "
+                             f"{cfg.max_words} words never brought the score under the threshold)")
         heads, selection = self.choose_heads(usable, clean)
         slices = self._slices(heads)
         model = self.clf.model
