@@ -63,3 +63,26 @@ def serve(model: Path, log_dir: Path, env: dict[str, str] | None = None, ready_t
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def worker(log_dir: Path, env: dict[str, str], name: str = "worker"):
+    """A `headguard worker` process (its own process group, so a test can kill it whole)."""
+    cli = Path(sys.executable).with_name("headguard")
+    log = log_dir / f"{name}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([str(cli), "worker"], stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **env}, start_new_session=True)
+    try:
+        time.sleep(1)
+        if process.poll() is not None:
+            raise AssertionError(f"the worker exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 15)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait()

@@ -22,6 +22,8 @@ class RepairOptions(BaseModel):
     steps: int = Field(default=80, ge=0, le=5000)
     head_share: float = Field(default=0.05, gt=0, le=1)
     lr: float = Field(default=1e-3, gt=0, le=1)
+    max_flagged: int = Field(default=256, ge=1, le=10_000)
+    max_clean: int = Field(default=400, ge=10, le=5000)
     seed: int = 0
 
 
@@ -52,7 +54,8 @@ def run_repair(spec: JobSpec, report: Callable[[dict], None], cancelled: Callabl
         report({"time": time.time(), "stage": stage, "done": done, "total": total})
 
     o = spec.options
-    config = RepairConfig(steps=o.steps, head_share=o.head_share, lr=o.lr, seed=o.seed)
+    config = RepairConfig(steps=o.steps, head_share=o.head_share, lr=o.lr, seed=o.seed, max_flagged=o.max_flagged,
+                          max_clean=o.max_clean)
     patch = repair_files(Path(spec.model), Path(spec.calibration), spec.flagged, spec.clean, store.path(version),
                          config, spec.device, progress)
     if spec.activate:
