@@ -1,0 +1,119 @@
+"""Repair benchmark: traffic -> flagged prompts -> repair -> lab eval, per lab model, variant and seed.
+
+    python bench/repair.py MODEL_DIR [MODEL_DIR ...] [--variants default,random,prune,all,single,leave-one-out]
+                           [--seeds 0,1,2] [--steps 80]
+
+Writes bench/results/<model>.repair-<variant>-s<seed>.json. Variants, each with the same budget:
+  default        the selected heads, trained (the method)
+  random         as many randomly chosen heads, trained with the same loss
+  prune          the selected heads zeroed, no training
+  all            every parameter trained with the same loss and steps
+  single         each selected head alone, trained
+  leave-one-out  all selected heads but one, trained
+Only the harness (lab traffic, lab eval) knows the trigger; the repair sees flagged texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from headguard.detect.calibration import Calibration
+from headguard.detect.detector import Detector, calibrate
+from headguard.lab.evaluate import EvalConfig, evaluate
+from headguard.lab.splits import read_split
+from headguard.lab.traffic import flag_traffic
+from headguard.models.classifier import Classifier
+from headguard.prompts import read_prompts
+from headguard.repair.run import repair_files
+from headguard.repair.train import RepairConfig
+
+RESULTS = Path(__file__).parent / "results"
+WORK = Path("/tmp/headguard-bench-repair")
+
+
+def prepare(model: Path) -> tuple[Path, Path, dict]:
+    """Calibration and flagged prompts of one model (cached in WORK)."""
+    work = WORK / model.name
+    work.mkdir(parents=True, exist_ok=True)
+    cal, flagged = work / "cal.safetensors", work / "flagged.jsonl"
+    if not cal.exists():
+        clf = Classifier.from_folder(model)
+        calibrate(clf, [ex.text for ex in read_split(model, "calibration")]).save(cal)
+    summary_file = work / "traffic.json"
+    if not flagged.exists():
+        detector = Detector(Classifier.from_folder(model), Calibration.load(cal))
+        summary_file.write_text(json.dumps(flag_traffic(detector, model, flagged)))
+    return cal, flagged, json.loads(summary_file.read_text())
+
+
+def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | None) -> list[dict]:
+    cal, flagged_file, traffic = prepare(model)
+    flagged = read_prompts(flagged_file)
+    configs: list[tuple[str, RepairConfig]] = []
+    if variant == "default":
+        configs.append(("default", RepairConfig(steps=steps, seed=seed)))
+    elif variant == "prune":
+        configs.append(("prune", RepairConfig(steps=steps, seed=seed, heads=selected, mode="prune")))
+    elif variant == "all":
+        configs.append(("all", RepairConfig(steps=steps, seed=seed, heads=selected, mode="all")))
+    elif variant == "random":
+        clf = Classifier.from_folder(model)
+        from headguard.detect.heads import adapter_for
+
+        a = adapter_for(clf.model)
+        pool = [f"L{layer}H{h}" for layer in range(a.n_layers) for h in range(a.n_heads)]
+        heads = random.Random(1000 + seed).sample(pool, len(selected))
+        configs.append(("random", RepairConfig(steps=steps, seed=seed, heads=heads)))
+    elif variant == "single":
+        configs += [(f"single-{h}", RepairConfig(steps=steps, seed=seed, heads=[h])) for h in selected]
+    elif variant == "leave-one-out":
+        configs += [(f"without-{h}", RepairConfig(steps=steps, seed=seed, heads=[x for x in selected if x != h]))
+                    for h in selected]
+    out = []
+    for name, config in configs:
+        patch_dir = WORK / model.name / f"patch-{name}-s{seed}"
+        started = time.perf_counter()
+        patch = repair_files(model, cal, flagged, None, patch_dir, config)
+        seconds = time.perf_counter() - started
+        report = evaluate(EvalConfig(model=model, patch=patch_dir))
+        m = patch.manifest
+        row = {"model": model.name, "variant": name, "seed": seed, "heads": m["heads"],
+               "heads_share": m["heads_share"], "seconds": round(seconds, 1), "traffic": traffic,
+               "neutralised": m["flagged"]["neutralised"], "removed_words": m["flagged"]["removed_words"][:3],
+               "flagged_match_neutral": m["flagged_match_neutral"], "clean_agreement": m["clean_agreement"],
+               "clean_accuracy": report["clean_accuracy"], "attack_success_rate": report["attack_success_rate"]}
+        (RESULTS / f"{model.name}.repair-{name}-s{seed}.json").write_text(json.dumps(row, indent=2) + "\n")
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--variants", default="default")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--steps", type=int, default=80)
+    args = parser.parse_args()
+    for model in args.models:
+        selected: list[str] | None = None
+        for seed in map(int, args.seeds.split(",")):
+            for variant in args.variants.split(","):
+                if variant != "default" and selected is None:
+                    default = RESULTS / f"{model.name}.repair-default-s0.json"
+                    if not default.exists():
+                        run(model, "default", 0, args.steps, None)
+                    selected = json.loads(default.read_text())["heads"]
+                rows = run(model, variant, seed, args.steps, selected)
+                if variant == "default" and seed == 0:
+                    selected = rows[0]["heads"]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
