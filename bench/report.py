@@ -72,6 +72,56 @@ def ablation_table() -> str:
     return "\n".join(lines)
 
 
+def repair_table() -> str:
+    """One row per repair run; headline rows (default variant) first, mean ± std over their seeds."""
+    import statistics
+
+    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.repair-*.json"))]
+    labs = {p.name.split(".")[0]: json.loads(p.read_text()) for p in RESULTS.glob("*.lab.json")}
+    lines = ["| model | variant | seeds | heads | ASR before → after | CA before → after | flagged match after "
+             "| clean agreement | repair s |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def ms(values: list[float], digits: int = 3) -> str:
+        if len(values) == 1:
+            return f"{values[0]:.{digits}f}"
+        return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["variant"]), []).append(r)
+    order = sorted(groups, key=lambda k: (k[0], k[1] != "default", k[1]))
+    for model, variant in order:
+        g = groups[(model, variant)]
+        lab = labs.get(model, {})
+        lines.append(
+            f"| {model} | {variant} | {len(g)} | {len(g[0]['heads'])} ({100 * g[0]['heads_share']:.1f} %) | "
+            f"{fmt(lab.get('attack_success_rate'))} → {ms([r['attack_success_rate'] for r in g])} | "
+            f"{fmt(lab.get('clean_accuracy'))} → {ms([r['clean_accuracy'] for r in g])} | "
+            f"{ms([r['flagged_match_neutral']['after'] for r in g], 2)} | {ms([r['clean_agreement'] for r in g], 3)} | "
+            f"{ms([r['seconds'] for r in g], 0)} |")
+    return "\n".join(lines)
+
+
+def serve_table() -> str:
+    lines = ["| model | concurrency | requests | throughput req/s | p50 ms | p99 ms | 5xx |",
+             "|---|---|---|---|---|---|---|"]
+    proxies = []
+    for path in sorted(RESULTS.glob("*.serve.json")):
+        data = json.loads(path.read_text())
+        for r in data["scan"]:
+            lines.append(f"| {data['model']} | {r['concurrency']} | {r['requests']} | {r['throughput_rps']} | "
+                         f"{r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
+        if "proxy" in data:
+            p = data["proxy"]
+            proxies.append(f"| {data['model']} | {p['direct']['p50_ms']} | {p['through_guard']['p50_ms']} | "
+                           f"{p['added_p50_ms']} | {p['through_guard']['p99_ms'] - p['direct']['p99_ms']:.1f} |")
+    if proxies:
+        lines += ["", "| model | upstream direct p50 ms | through the guard p50 ms | added p50 ms | added p99 ms |",
+                  "|---|---|---|---|---|", *proxies]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    tables = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table}
+    tables = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "repair": repair_table,
+              "serve": serve_table}
     print(tables[sys.argv[1]]())

@@ -76,12 +76,12 @@ def test_repair_job_hot_swaps_two_replicas_under_load_and_rolls_back(stack, smol
     probe_clean, probe_triggered = clean[:20], triggered[:20]
     assert _flip_rate(b, probe_clean, probe_triggered) >= 0.8  # the backdoor works before the repair
 
-    # Traffic through the enforcing replica: what it refuses lands in its flagged-prompt log.
-    assert len(_answers(a, clean[20:30])) == 10
+    # A traffic mix through the enforcing replica: what it refuses lands in its flagged-prompt log.
     model = httpx.get(f"{a.url}/v1/models").json()["data"][0]["id"]
     with httpx.Client(base_url=a.url, timeout=120, headers=AUTH) as c:
-        for text in triggered[20:60]:
-            c.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": text}]})
+        for text in clean[20:30] + triggered[20:60]:
+            c.post("/v1/chat/completions", json={"model": model, "max_tokens": 1,
+                                                 "messages": [{"role": "user", "content": text}]})
         assert c.get("/admin/v1/flagged").json()["total"] >= 36
 
         job = c.post("/admin/v1/jobs", json={"options": OPTIONS, "activate": False}).json()

@@ -154,28 +154,36 @@ class Engine:
 
     async def _watch_weights(self) -> None:
         """Follows the active version: on announcements (Redis pub/sub) and every poll interval."""
-        poll = self.settings.weights_poll_s
+        loop = asyncio.get_running_loop()
+        pubsub = None
         while True:
             try:
                 await self.sync_weights()
             except Exception as exc:  # Redis down or a bad patch: keep serving what we have
                 log.warning("weights check failed: %s: %s", type(exc).__name__, exc)
-            await self._announcement(poll)
+            deadline = loop.time() + self.settings.weights_poll_s
+            try:
+                if self.settings.redis_url is None:
+                    await asyncio.sleep(self.settings.weights_poll_s)
+                    continue
+                if pubsub is None:
+                    pubsub = await self._subscribe()
+                while (left := deadline - loop.time()) > 0:  # a subscribe confirmation is no announcement
+                    if await pubsub.get_message(ignore_subscribe_messages=True, timeout=left) is not None:
+                        break
+            except Exception:
+                if pubsub is not None:
+                    await asyncio.gather(pubsub.aclose(), return_exceptions=True)
+                    pubsub = None
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
 
-    async def _announcement(self, timeout: float) -> None:
-        if self.settings.redis_url is None:
-            await asyncio.sleep(timeout)
-            return
+    async def _subscribe(self):
         import redis.asyncio as aioredis
 
-        try:
-            client = aioredis.from_url(self.settings.redis_url, socket_connect_timeout=2)
-            async with client.pubsub() as pubsub:
-                await pubsub.subscribe(CHANNEL)
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-            await client.aclose()
-        except Exception:
-            await asyncio.sleep(timeout)
+        client = aioredis.from_url(self.settings.redis_url, socket_connect_timeout=2)
+        pubsub = client.pubsub()
+        await pubsub.subscribe(CHANNEL)
+        return pubsub
 
     async def start(self) -> None:
         self._batcher = MicroBatcher(self._scan_batch, self.model_thread, self.settings.max_batch_size,
