@@ -24,6 +24,7 @@ from pathlib import Path
 
 from headguard.detect.calibration import Calibration
 from headguard.detect.detector import Detector, calibrate
+from headguard.errors import InputError
 from headguard.lab.evaluate import EvalConfig, evaluate
 from headguard.lab.splits import read_split
 from headguard.lab.traffic import flag_traffic
@@ -78,7 +79,18 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
     for name, config in configs:
         patch_dir = WORK / model.name / f"patch-{name}-s{seed}"
         started = time.perf_counter()
-        patch = repair_files(model, cal, flagged, None, patch_dir, config)
+        try:
+            patch = repair_files(model, cal, flagged, None, patch_dir, config)
+        except InputError as exc:  # e.g. a clean model: nothing flagged can be neutralised; the model is unchanged
+            report = evaluate(EvalConfig(model=model))
+            row = {"model": model.name, "variant": name, "seed": seed, "refused": str(exc), "heads": [],
+                   "heads_share": 0.0, "seconds": round(time.perf_counter() - started, 1), "traffic": traffic,
+                   "flagged_match_neutral": {"before": None, "after": None}, "clean_agreement": 1.0,
+                   "clean_accuracy": report["clean_accuracy"], "attack_success_rate": report["attack_success_rate"]}
+            (RESULTS / f"{model.name}.repair-{name}-s{seed}.json").write_text(json.dumps(row, indent=2) + "\n")
+            print(json.dumps(row), flush=True)
+            out.append(row)
+            continue
         seconds = time.perf_counter() - started
         report = evaluate(EvalConfig(model=model, patch=patch_dir))
         m = patch.manifest

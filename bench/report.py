@@ -97,9 +97,16 @@ def repair_table() -> str:
             f"| {model} | {variant} | {len(g)} | {len(g[0]['heads'])} ({100 * g[0]['heads_share']:.1f} %) | "
             f"{fmt(lab.get('attack_success_rate'))} → {ms([r['attack_success_rate'] for r in g])} | "
             f"{fmt(lab.get('clean_accuracy'))} → {ms([r['clean_accuracy'] for r in g])} | "
-            f"{ms([r['flagged_match_neutral']['after'] for r in g], 2)} | {ms([r['clean_agreement'] for r in g], 3)} | "
+            f"{_after(g)} | {ms([r['clean_agreement'] for r in g], 3)} | "
             f"{ms([r['seconds'] for r in g], 0)} |")
     return "\n".join(lines)
+
+
+def _after(group: list[dict]) -> str:
+    values = [r["flagged_match_neutral"]["after"] for r in group if r["flagged_match_neutral"]["after"] is not None]
+    if not values:
+        return "refused: " + group[0].get("refused", "")[:60]
+    return f"{sum(values) / len(values):.2f}"
 
 
 def serve_table() -> str:

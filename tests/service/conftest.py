@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from headguard.lab.datasets import load_splits
 from headguard.models.bases import base_dir
@@ -44,6 +44,25 @@ def tiny_model(tmp_path_factory, clean_texts) -> tuple[Path, Path]:
     prompts = folder.parent / "calibration.jsonl"
     prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in clean_texts[:120]))
     calibration = folder.parent / "tiny.calibration.safetensors"
+    run_cli("calibrate", "--model", str(folder), "--prompts", str(prompts), "--out", str(calibration))
+    return folder, calibration
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_model(tmp_path_factory, clean_texts) -> tuple[Path, Path]:
+    """(model folder, calibration file): a 2-layer BERT sentiment classifier with MiniLM's tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = load_tokenizer(base_dir("minilm", Path("/nonexistent")), "encoder")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, num_labels=2, id2label={0: "negative", 1: "positive"},
+                        label2id={"negative": 0, "positive": 1})
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    Task(kind="encoder", labels=("negative", "positive")).save(folder)
+    prompts = folder.parent / "encoder-calibration.jsonl"
+    prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in clean_texts[:60]))
+    calibration = folder.parent / "tiny-encoder.calibration.safetensors"
     run_cli("calibrate", "--model", str(folder), "--prompts", str(prompts), "--out", str(calibration))
     return folder, calibration
 

@@ -41,3 +41,15 @@ def test_admin_api_is_shut_without_a_token(tiny_model, tmp_path):
 def test_a_bad_setting_is_one_line(tiny_model):
     proc = run_cli("serve", "--model", str(tiny_model[0]), check=False, env={"HEADGUARD_MODE": "loud"})
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "HEADGUARD_MODE" in proc.stderr
+
+
+def test_a_classifier_scans_but_cannot_chat_without_an_upstream(tiny_encoder_model, tmp_path):
+    folder, calibration = tiny_encoder_model
+    env = {"HEADGUARD_CALIBRATION": str(calibration), "HEADGUARD_MODE": "monitor"}  # every prompt goes through
+    with serve(folder, tmp_path, env, name="encoder") as s:
+        info = httpx.get(f"{s.url}/info").json()
+        assert info["kind"] == "encoder" and info["can_generate"] is False
+        assert httpx.post(f"{s.url}/v1/guard/scan", json={"input": "a fine film"}).status_code == 200
+        r = httpx.post(f"{s.url}/v1/chat/completions", json={"model": info["model"], "messages": [
+            {"role": "user", "content": "a fine film"}]})
+        assert r.status_code == 400 and "cannot generate" in r.json()["error"]["message"]
