@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     route_url: str | None = Field(
         default=None, description="OpenAI-compatible base URL of a safer model that routed requests go to."
     )
+    route_api_key: SecretStr | None = Field(
+        default=None, description="Bearer key for the route target; unset: the client's Authorization is passed on."
+    )
     reject_fpr: float | None = Field(
         default=None, gt=0, lt=0.5,
         description="Clean false-positive rate the reject threshold is set at (default: the calibration's).",

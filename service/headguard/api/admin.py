@@ -53,7 +53,8 @@ class RecalibrateRequest(BaseModel):
 async def calibration(request: Request) -> dict:
     guard = _guard(request)
     guard.require_ready()
-    return guard.engine.info()["calibration"] | {"policy": guard.engine.info()["policy"]}
+    info = guard.engine.info()
+    return info["calibration"] | {"policy": info["policy"]}
 
 
 @router.post("/calibration", summary="Recalibrate on clean prompts; the new thresholds apply at once")
@@ -61,6 +62,9 @@ async def recalibrate(body: RecalibrateRequest, request: Request) -> dict:
     guard = _guard(request)
     guard.require_ready()
     engine = guard.engine
+    if engine.weights_version != "base":
+        raise ApiError(409, f"weights version {engine.weights_version} is active: a calibration is fitted on the "
+                       "base weights it is stored for; activate 'base' first", "patched_weights")
     engine.check_inputs_each(body.prompts)
     loop = asyncio.get_running_loop()
     cal = await loop.run_in_executor(engine.model_thread, engine.recalibrate, body.prompts, body.target_fpr)
@@ -90,7 +94,9 @@ async def create_job(body: JobRequest, request: Request) -> dict:
     guard = _guard(request)
     guard.require_ready()
     engine, settings = guard.engine, guard.settings
-    flagged = body.flagged if body.flagged is not None else [e["text"] for e in guard.flagged.recent()]
+    newest = body.options.max_flagged  # the repair reads at most this many; the newest matter most
+    flagged = (body.flagged if body.flagged is not None
+               else [e["text"] for e in reversed(guard.flagged.recent(newest))])[:newest]
     if not flagged:
         raise ApiError(400, "no flagged prompts: the flagged-prompt log is empty and none were given",
                        "no_flagged_prompts", "flagged")
@@ -101,7 +107,7 @@ async def create_job(body: JobRequest, request: Request) -> dict:
         raise ApiError(400, "this model has no clean split: give clean prompts", "no_clean_prompts", "clean")
     spec = JobSpec(model=str(settings.model.resolve()), calibration=str(engine.calibration_path.resolve()),
                    weights_dir=str(engine.store.root.resolve()), flagged=flagged, clean=body.clean,
-                   options=body.options, activate=body.activate, device=engine.device)
+                   options=body.options, activate=body.activate)
     return await asyncio.to_thread(guard.jobs.submit, spec)
 
 
@@ -148,14 +154,22 @@ async def activate(body: ActivateRequest, request: Request) -> dict:
     store = guard.engine.store
     if not store.exists(body.version):
         raise ApiError(404, f"weights version {body.version} does not exist", "version_not_found", "version")
-    if body.version != "base":  # verified against this model before any replica is told
-        patch = await asyncio.to_thread(store.load, body.version)
-        if patch.base_hash != guard.engine.loaded.model_hash:
-            raise ApiError(400, f"weights version {body.version} was made for other weights "
-                           f"({patch.base_hash[:19]}…)", "version_mismatch", "version")
+    # Verified against this replica's model (checksum, weights hash, shapes) before any replica is told.
+    engine = guard.engine
+    await asyncio.get_running_loop().run_in_executor(engine.model_thread, engine.verify_version, body.version)
     await asyncio.to_thread(_or_503, store.activate, body.version)
-    serving = await guard.engine.sync_weights()
+    serving = await _sync(engine)
     return {"active": body.version, "serving": serving}
+
+
+async def _sync(engine) -> str:
+    from redis.exceptions import RedisError
+
+    try:
+        return await engine.sync_weights()
+    except RedisError as exc:
+        raise ApiError(503, f"the weights pointer (Redis) is unavailable: {type(exc).__name__}",
+                       "weights_unavailable") from None
 
 
 def _or_503(fn, *args):

@@ -36,11 +36,13 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     metrics.watch_jobs(lambda: jobs.list(100))
     store = WeightsStore(settings.resolved_weights_dir(), redis)
     engine = Engine(settings, metrics, store, on_load_failure)
-    key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-    upstream = (Upstream("upstream", settings.upstream_url, metrics, key, settings.upstream_timeout_s)
-                if settings.upstream_url else None)
-    route = (Upstream("route", settings.route_url, metrics, key, settings.upstream_timeout_s)
-             if settings.route_url else None)
+    def secret(value) -> str | None:
+        return value.get_secret_value() if value else None
+
+    upstream = (Upstream("upstream", settings.upstream_url, metrics, secret(settings.upstream_api_key),
+                         settings.upstream_timeout_s) if settings.upstream_url else None)
+    route = (Upstream("route", settings.route_url, metrics, secret(settings.route_api_key),
+                      settings.upstream_timeout_s) if settings.route_url else None)
     flagged = FlaggedLog(settings.resolved_state_dir() / "flagged.jsonl", settings.flagged_log_size,
                          settings.flagged_redact)
 
@@ -50,6 +52,8 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
         yield
         await engine.stop()
         jobs.close()
+        if redis is not None:
+            redis.close()
         for client in (upstream, route):
             if client is not None:
                 await client.close()

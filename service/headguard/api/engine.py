@@ -7,6 +7,7 @@ is what makes a weights change safe: it is queued on the same thread and so land
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 import time
@@ -76,6 +77,7 @@ class Engine:
         self._refused: set[str] = set()  # versions that failed to apply: not retried on every poll
         self._watcher: asyncio.Task | None = None
         self.calibration_path: Path | None = None
+        self._ready = False
         self.metrics = metrics
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headguard-model")
         self.loaded: Loaded | None = None
@@ -101,12 +103,16 @@ class Engine:
         policy = Policy.from_calibration(cal, self.settings.reject_fpr, self.settings.route_fpr,
                                          enforce=self.settings.mode == "enforce")
         generator = Generator(clf) if clf.task.kind == "decoder" else None
+        # The event loop checks input lengths with its own copy: a fast tokenizer must not be shared
+        # between threads (the model thread pads and truncates with it).
+        self._check_tokenizer = copy.deepcopy(clf.tokenizer)
         self.loaded = Loaded(clf, detector, policy, model_hash, generator)
         try:
             self.apply_version(self.store.active())  # ready means: on the active weights
         except Exception as exc:  # the pointer is unreachable (Redis down) or the patch is bad: serve base
             log.error("could not load the active weights version (%s); serving %s", exc, self.weights_version)
         self._publish_state()
+        self._ready = True
         log.warning("ready: %s (%s) on %s in %.1f s", self.model_name, model_hash[:19], self.device,
                     time.perf_counter() - started)
 
@@ -119,6 +125,14 @@ class Engine:
         self.metrics.ready.set(1)
 
     # --- weights ---------------------------------------------------------------------------------
+    def verify_version(self, version: str) -> None:
+        """Model thread: loads and checks a stored version against these weights (raises InputError)."""
+        self._refused.discard(version)  # an explicit request retries a version refused before
+        if version != BASE:
+            patch = self.store.load(version)
+            check_patch(self.loaded.clf.model, patch, self.loaded.model_hash)
+            self._patches[version] = patch
+
     def apply_version(self, version: str) -> None:
         """Model thread: swaps the weights to `version` between batches; verified before anything changes."""
         if version == self.weights_version or version in self._refused:
@@ -213,7 +227,7 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self.loaded is not None
+        return self._ready
 
     def info(self) -> dict:
         loaded = self.loaded
@@ -249,7 +263,7 @@ class Engine:
                 raise InputError(f"input {i} is empty")
             if len(text) > self.settings.max_input_chars:
                 raise InputError(f"input {i} is {len(text)} characters; at most {self.settings.max_input_chars}")
-            n = len(clf.tokenizer(clf.task.render(text))["input_ids"])
+            n = len(self._check_tokenizer(clf.task.render(text))["input_ids"])
             if n > clf.context_length:
                 raise InputError(f"input {i} is {n} tokens; this model takes at most {clf.context_length}")
 
@@ -298,18 +312,21 @@ class Engine:
         generator = self.generator()
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, generator.generate, req)
 
-    async def stream(self, req: GenerationRequest) -> AsyncIterator[str]:
-        """Text pieces as the model produces them; stops the model when the reader goes away."""
+    async def stream(self, req: GenerationRequest) -> AsyncIterator[str | Generation]:
+        """Text pieces as the model produces them, then the Generation (token counts, finish reason).
+
+        The model thread pushes pieces into an asyncio queue; the model stops when the reader goes away.
+        """
         generator = self.generator()
         cancel = threading.Event()
-        pieces, run = generator.stream(req, cancel)
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self.model_thread, run)
-        done = object()
+        queue: asyncio.Queue = asyncio.Queue()
+        job = loop.run_in_executor(self.model_thread, generator.stream, req,
+                                   lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece), cancel)
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
         try:
-            while (piece := await asyncio.to_thread(next, pieces, done)) is not done:
-                if piece:
-                    yield piece
-            await job  # surfaces a generation error
+            while (piece := await queue.get()) is not None:
+                yield piece
+            yield await job  # raises a generation error here
         finally:
             cancel.set()

@@ -16,7 +16,8 @@ from headguard.jobs.queue import JobsUnavailable
 log = logging.getLogger("headguard.api")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 413: "invalid_request_error", 502: "upstream_error", 503: "service_unavailable"}
+          404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error", 502: "upstream_error",
+          503: "service_unavailable"}
 
 
 class ApiError(Exception):

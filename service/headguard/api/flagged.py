@@ -7,6 +7,7 @@ compacted to the newest `capacity` entries once it holds twice that many.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -15,6 +16,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 
+log = logging.getLogger("headguard.flagged")
 _PII = [
     (re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"), "<email>"),
     (re.compile(r"https?://\S+"), "<url>"),
@@ -55,11 +57,14 @@ class FlaggedLog:
                  "score": round(score, 4), "text": redact_pii(text) if self.redact == "pii" else text}
         with self._lock:
             self._entries.append(entry)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            self._lines_on_disk += 1
-            if self._lines_on_disk >= 2 * self.capacity:
-                self._compact()
+            try:
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                self._lines_on_disk += 1
+                if self._lines_on_disk >= 2 * self.capacity:
+                    self._compact()
+            except OSError as exc:  # a full disk must not fail the request; the entry stays in memory
+                log.error("could not persist a flagged prompt to %s: %s", self.path, exc)
         return entry
 
     def _compact(self) -> None:

@@ -18,7 +18,7 @@ from headguard.api.upstream import Upstream
 from headguard.detect.detector import Verdict
 from headguard.errors import InputError
 from headguard.jobs.queue import LocalJobs, RedisJobs
-from headguard.models.generate import GenerationRequest, cut_at_stop
+from headguard.models.generate import Generation, GenerationRequest, cut_at_stop
 from headguard.settings import Settings
 from headguard.telemetry.metrics import Metrics
 
@@ -85,8 +85,9 @@ class Guard:
 
     # --- generation endpoints ------------------------------------------------------------------
     async def complete(self, request: Request, path: str, body: ChatCompletionRequest | CompletionRequest,
-                       texts: list[str]) -> Response:
-        """Scores `texts` (what the model will see), then acts on the decision."""
+                       texts: list[str], answer_text: str) -> Response:
+        """Scores `texts` (what the model will see), then acts on the decision; the local model answers
+        `answer_text`."""
         scored = await self.score(texts, path, fail_open=True)
         headers = scored.headers()
         self.metrics.requests.labels(path, scored.decision).inc()
@@ -104,24 +105,25 @@ class Guard:
         if action == ROUTE:
             if self.route is not None:
                 return await self.route.forward(suffix, payload, auth, headers)
-            return await self.local(body, texts, headers)
+            return await self.local(body, answer_text, headers)
         if self.upstream is not None:
             return await self.upstream.forward(suffix, payload, auth, headers)
-        return await self.local(body, texts, headers)
+        return await self.local(body, answer_text, headers)
 
     def _repaired_locally(self) -> bool:
         return self.engine.weights_version != BASE_VERSION and self.upstream is None
 
-    async def local(self, body: ChatCompletionRequest | CompletionRequest, texts: list[str],
+    async def local(self, body: ChatCompletionRequest | CompletionRequest, text: str,
                     headers: dict[str, str]) -> Response:
         """The loaded model answers (no upstream configured, or a routed request on repaired weights)."""
         self.engine.generator()  # a classifier refuses here, with a clear message
         chat = isinstance(body, ChatCompletionRequest)
-        if len(texts) != 1 or (body.n or 1) > 1:
+        if (body.n or 1) > 1 or (isinstance(body, CompletionRequest) and isinstance(body.prompt, list)
+                                 and len(body.prompt) > 1):
             raise InputError("the local model answers one prompt with one choice (n=1)")
         limit = self.settings.max_new_tokens
         wanted = (getattr(body, "max_completion_tokens", None) or body.max_tokens or limit)
-        req = GenerationRequest(text=texts[0], max_new_tokens=min(wanted, limit),
+        req = GenerationRequest(text=text, max_new_tokens=min(wanted, limit),
                                 temperature=1.0 if body.temperature is None else body.temperature,
                                 top_p=1.0 if body.top_p is None else body.top_p, stop=body.stop_list(), seed=body.seed)
         if body.stream:
@@ -134,9 +136,12 @@ class Guard:
         chunks = StreamChunks(chat, self.engine.model_name)
         if (first := chunks.first()) is not None:
             yield first
-        text, sent, stopped = "", 0, False
+        text, sent, stopped, finish = "", 0, False, "stop"
         try:
             async for piece in self.engine.stream(req):
+                if isinstance(piece, Generation):
+                    finish = piece.finish_reason
+                    break
                 text += piece
                 visible, stopped = cut_at_stop(text, req.stop)
                 if len(visible) > sent:
@@ -148,5 +153,4 @@ class Guard:
             log.error("generation failed mid-stream: %s: %s", type(exc).__name__, exc)
             yield chunks.error(f"generation failed: {type(exc).__name__}")
             return
-        n_tokens = len(self.engine.loaded.clf.tokenizer(text, add_special_tokens=False)["input_ids"])
-        yield chunks.last("stop" if stopped or n_tokens < req.max_new_tokens else "length")
+        yield chunks.last("stop" if stopped else finish)

@@ -7,11 +7,12 @@ import time
 import uuid
 
 from headguard.api.schemas import ChatMessage
+from headguard.errors import InputError
 from headguard.models.classifier import Classifier
 
 
 def chat_input(clf: Classifier, messages: list[ChatMessage]) -> str:
-    """The text that is scored and generated from for a chat.
+    """The text that is generated from for a chat.
 
     A task model (a lab model: prompt template + verbalizer) answers its last user message through
     its template, exactly as it was calibrated. Any other model sees the chat through its own chat
@@ -23,12 +24,24 @@ def chat_input(clf: Classifier, messages: list[ChatMessage]) -> str:
     tokenizer = clf.tokenizer
     if getattr(tokenizer, "chat_template", None):
         plain = [{"role": m.role, "content": m.text()} for m in messages]
-        return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
+        try:
+            return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # templates raise on role orders they do not support
+            raise InputError(f"this model's chat template refuses these messages: {exc}") from None
     return "\n".join(m.text() for m in messages)
 
 
+def chat_scored(clf: Classifier, messages: list[ChatMessage]) -> list[str]:
+    """What is scored for a chat: for a task model every system and user text (a trigger in an earlier
+    message must not pass because only the last one is answered), else the rendered chat."""
+    if clf.task.template != "{text}":
+        texts = [m.text() for m in messages if m.role in ("system", "developer", "user") and m.text().strip()]
+        return texts or [chat_input(clf, messages)]
+    return [chat_input(clf, messages)]
+
+
 def _base(kind: str, model: str) -> dict:
-    prefix = "chatcmpl" if kind == "chat.completion" else "cmpl"
+    prefix = "chatcmpl" if kind.startswith("chat.") else "cmpl"
     return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()), "model": model}
 
 

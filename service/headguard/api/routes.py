@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from headguard.api.guard import Guard
-from headguard.api.openai_shapes import chat_input
+from headguard.api.openai_shapes import chat_input, chat_scored
 from headguard.api.schemas import ChatCompletionRequest, CompletionRequest, ScanRequest
 
 router = APIRouter()
@@ -23,7 +25,7 @@ async def scan(body: ScanRequest, request: Request) -> JSONResponse:
     guard.require_ready()
     guard.check_model(body.model)
     if body.messages is not None:
-        texts = [chat_input(guard.engine.loaded.clf, body.messages)]
+        texts = chat_scored(guard.engine.loaded.clf, body.messages)
     else:
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
     scored = await guard.score(texts, "/v1/guard/scan", fail_open=False)
@@ -37,8 +39,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     guard = guard_of(request)
     guard.require_ready()
     guard.check_model(body.model)
-    return await guard.complete(request, "/v1/chat/completions", body,
-                                [chat_input(guard.engine.loaded.clf, body.messages)])
+    clf = guard.engine.loaded.clf
+    return await guard.complete(request, "/v1/chat/completions", body, chat_scored(clf, body.messages),
+                                chat_input(clf, body.messages))
 
 
 @router.post("/v1/completions", tags=["openai"], summary="Guarded text completion")
@@ -47,7 +50,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     guard.require_ready()
     guard.check_model(body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-    return await guard.complete(request, "/v1/completions", body, prompts)
+    return await guard.complete(request, "/v1/completions", body, prompts, prompts[0])
 
 
 @router.get("/v1/models", tags=["openai"], summary="The served model")
@@ -78,4 +81,6 @@ async def info(request: Request) -> dict:
 
 @router.get("/metrics", tags=["ops"], summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
-    return Response(guard_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    # Rendered off the event loop: the jobs collector may wait on Redis.
+    body = await asyncio.to_thread(guard_of(request).metrics.render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import httpx
-from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from headguard.telemetry.metrics import Metrics
@@ -30,6 +29,18 @@ class Upstream:
     async def close(self) -> None:
         await self.client.aclose()
 
+    async def _relay(self, response: httpx.Response):
+        """The upstream's stream, decoded, closed however it ends (a client gone, an upstream error)."""
+        try:
+            async for chunk in response.aiter_bytes():
+                yield chunk
+        except httpx.HTTPError as exc:
+            self.metrics.upstream_errors.labels(self.name).inc()
+            yield (f'data: {{"error": {{"message": "{self.name} stream broke: {type(exc).__name__}", '
+                   '"type": "upstream_error", "code": "upstream_unavailable"}}\n\n').encode()
+        finally:
+            await response.aclose()
+
     async def forward(self, path: str, body: dict, authorization: str | None, headers: dict[str, str]) -> Response:
         """POSTs `body` to base_url + path; streams the answer back when the body asks to stream."""
         auth = f"Bearer {self.api_key}" if self.api_key else authorization
@@ -45,8 +56,7 @@ class Upstream:
             self.metrics.upstream_seconds.labels(self.name).observe(time.perf_counter() - started)
         out_headers = {k: v for k, v in response.headers.items() if k.lower() not in _DROP} | headers
         if body.get("stream") and response.status_code == 200:
-            return StreamingResponse(response.aiter_raw(), status_code=200, headers=out_headers,
-                                     background=BackgroundTask(response.aclose))
+            return StreamingResponse(self._relay(response), status_code=200, headers=out_headers)
         try:
             content = await response.aread()
         except httpx.HTTPError as exc:

@@ -23,7 +23,6 @@ from headguard.jobs.tasks import JobCancelled, JobSpec, run_repair
 log = logging.getLogger("headguard.jobs")
 QUEUE = "headguard-repair"
 MAX_EVENTS = 200
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 class JobsUnavailable(Exception):
@@ -54,8 +53,12 @@ class LocalJobs:
         self._records: dict[str, dict] = {}
         self._events: dict[str, deque] = {}
         self._cancel: dict[str, threading.Event] = {}
-        for path in sorted(self.folder.glob("*.json")):
-            record = json.loads(path.read_text())
+        for path in sorted(self.folder.glob("[!.]*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                log.error("skipping unreadable job record %s", path)
+                continue
             if record["status"] in ("queued", "running"):  # the server stopped under it
                 record.update(status="failed", error="the server stopped before this job finished",
                               ended=record.get("ended") or time.time())
@@ -219,17 +222,21 @@ class RedisJobs:
 
         def cancel():
             from rq.command import send_stop_job_command
+            from rq.exceptions import InvalidJobOperation
             from rq.job import Job
             from rq.serializers import JSONSerializer
 
-            if record["status"] == "queued":
-                Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer).cancel()
-            elif record["status"] == "running":
-                send_stop_job_command(self.redis, job_id, serializer=JSONSerializer)
+            try:
+                if record["status"] == "queued":
+                    Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer).cancel()
+                elif record["status"] == "running":
+                    send_stop_job_command(self.redis, job_id, serializer=JSONSerializer)
+            except InvalidJobOperation:  # it ended (or was cancelled) in the meantime
+                pass
 
         self._call(cancel)
         for _ in range(50):  # a stop takes effect within a moment; answer with the settled state
-            record = self.get(job_id)
+            record = self.get(job_id) or record
             if record["status"] not in ("queued", "running"):
                 break
             time.sleep(0.1)

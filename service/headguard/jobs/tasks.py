@@ -19,6 +19,7 @@ from headguard.weights.store import WeightsStore, new_version_id
 
 
 class RepairOptions(BaseModel):
+    model_config = {"extra": "forbid"}
     steps: int = Field(default=80, ge=0, le=5000)
     head_share: float = Field(default=0.05, gt=0, le=1)
     lr: float = Field(default=1e-3, gt=0, le=1)
@@ -35,7 +36,7 @@ class JobSpec(BaseModel):
     clean: list[str] | None = None
     options: RepairOptions = Field(default_factory=RepairOptions)
     activate: bool = True
-    device: str = "cpu"
+    device: str | None = None  # None: the device of whoever runs the job (HEADGUARD_DEVICE there)
 
 
 class JobCancelled(Exception):
@@ -56,8 +57,11 @@ def run_repair(spec: JobSpec, report: Callable[[dict], None], cancelled: Callabl
     o = spec.options
     config = RepairConfig(steps=o.steps, head_share=o.head_share, lr=o.lr, seed=o.seed, max_flagged=o.max_flagged,
                           max_clean=o.max_clean)
+    from headguard.settings import get_settings
+
+    device = spec.device or get_settings().resolved_device()
     patch = repair_files(Path(spec.model), Path(spec.calibration), spec.flagged, spec.clean, store.path(version),
-                         config, spec.device, progress)
+                         config, device, progress)
     if spec.activate:
         store.activate(version)
     m = patch.manifest

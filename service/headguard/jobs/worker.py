@@ -23,7 +23,10 @@ def rq_repair(spec: dict) -> dict:
 
     def heartbeat() -> None:
         while not stop.is_set():
-            redis.set(alive_key, "1", ex=HEARTBEAT_S * 3)
+            try:
+                redis.set(alive_key, "1", ex=HEARTBEAT_S * 3)
+            except Exception:  # a Redis hiccup must not end the heartbeat for good
+                pass
             stop.wait(HEARTBEAT_S)
 
     last_saved = [0.0]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from headguard.errors import InputError
 from headguard.models.classifier import Classifier
@@ -85,24 +85,28 @@ class Generator:
         ended = stopped or (len(new) and int(new[-1]) == self.tokenizer.eos_token_id)
         return Generation(text, n_prompt, len(new), "stop" if ended or len(new) < req.max_new_tokens else "length")
 
-    def prompt_tokens(self, text: str) -> int:
-        return int(self._inputs(text)["input_ids"].shape[1])
+    @torch.no_grad()
+    def stream(self, req: GenerationRequest, emit: Callable[[str], None], cancel: threading.Event) -> Generation:
+        """Generates on the calling (model) thread, handing each piece of text to `emit` as it appears.
 
-    def stream(self, req: GenerationRequest, cancel: threading.Event) -> tuple[Iterator[str], callable]:
-        """(pieces of text as they are generated, the blocking call that produces them).
-
-        The caller runs the blocking call on the model thread and reads the iterator elsewhere.
+        Tokenising, seeding and decoding all happen here, on the model thread.
         """
         inputs = self._inputs(req.text)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        kwargs = self._kwargs(req, inputs, cancel)
+        n_prompt = inputs["input_ids"].shape[1]
+        streamer = _Emitter(self.tokenizer, emit)
+        out = self.clf.model.generate(**self._kwargs(req, inputs, cancel), streamer=streamer)
+        new = out[0, n_prompt:]
+        ended = len(new) and int(new[-1]) == self.tokenizer.eos_token_id
+        return Generation("", n_prompt, len(new), "stop" if ended or len(new) < req.max_new_tokens else "length")
 
-        @torch.no_grad()
-        def run() -> None:
-            try:
-                self.clf.model.generate(**kwargs, streamer=streamer)
-            except BaseException:
-                streamer.end()  # never leave the reader waiting
-                raise
 
-        return streamer, run
+class _Emitter(TextStreamer):
+    """A streamer that hands decoded text to a callback instead of printing it."""
+
+    def __init__(self, tokenizer, emit: Callable[[str], None]):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.emit = emit
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.emit(text)

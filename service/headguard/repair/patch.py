@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 
 from headguard.errors import InputError
 
@@ -81,7 +82,7 @@ class Patch:
             raise InputError(f"{folder} has patch format {manifest['version']}; this headguard reads {VERSION}")
         if hashlib.sha256(raw).hexdigest() != manifest.get("tensors_sha256"):
             raise InputError(f"{folder}/{TENSORS} is corrupted: its checksum does not match the manifest")
-        tensors = load_file(str(folder / TENSORS))
+        tensors = load_bytes(raw)  # the very bytes that were checksummed
         slices = [SliceRef(**s) for s in manifest["slices"]]
         values = [tensors[f"slice_{i:04d}"] for i in range(len(slices))]
         return cls(manifest, slices, values)

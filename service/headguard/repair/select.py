@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,13 +17,6 @@ import torch
 from headguard.detect.detector import Detector
 from headguard.models.classifier import Classifier
 from headguard.repair.outputs import kl, output_logprobs
-
-
-@dataclass
-class HeadRanking:
-    heads: list[tuple[int, int]]  # selected (layer, head), best first
-    drive: dict[tuple[int, int], float]
-    importance: dict[tuple[int, int], float]
 
 
 def head_budget(n_layers: int, n_heads: int, share: float) -> int:

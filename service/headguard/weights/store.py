@@ -10,6 +10,7 @@ import json
 import os
 import re
 import secrets
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,6 +81,7 @@ class WeightsStore:
             self.redis.set(ACTIVE_KEY, version)
             self.redis.publish(CHANNEL, version)
             return
-        tmp = self.root / f".ACTIVE.{os.getpid()}"
-        tmp.write_text(version + "\n")
+        fd, tmp = tempfile.mkstemp(prefix=".ACTIVE.", dir=self.root)
+        with os.fdopen(fd, "w") as f:
+            f.write(version + "\n")
         os.replace(tmp, self.root / "ACTIVE")
