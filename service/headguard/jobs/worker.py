@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -20,9 +21,12 @@ def rq_repair(spec: dict) -> dict:
     redis = job.connection
     alive_key, events_key = RedisJobs.HEARTBEAT.format(job.id), RedisJobs.EVENTS.format(job.id)
     stop = threading.Event()
+    parent = os.getppid()
 
     def heartbeat() -> None:
         while not stop.is_set():
+            if os.getppid() != parent:  # the worker that started this work horse is gone: so is the job
+                os._exit(70)
             try:
                 redis.set(alive_key, "1", ex=HEARTBEAT_S * 3)
             except Exception:  # a Redis hiccup must not end the heartbeat for good
