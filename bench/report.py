@@ -81,7 +81,10 @@ def repair_table() -> str:
     lines = ["| model | variant | seeds | heads | ASR before → after | CA before → after | flagged match after "
              "| clean agreement | repair s |", "|---|---|---|---|---|---|---|---|---|"]
 
-    def ms(values: list[float], digits: int = 3) -> str:
+    def ms(values: list[float | None], digits: int = 3) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "—"
         if len(values) == 1:
             return f"{values[0]:.{digits}f}"
         return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
