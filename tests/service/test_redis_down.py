@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import time
 
-import httpx
 import pytest
 import redis
 
