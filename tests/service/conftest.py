@@ -28,6 +28,18 @@ def clean_texts() -> list[str]:
     return [ex.text for ex in splits.calibration + splits.test]
 
 
+def _save_and_calibrate(folder: Path, model, tokenizer, task: Task, prompts: list[str]) -> tuple[Path, Path]:
+    """Saves a model folder as `headguard serve` loads it, and calibrates it through the CLI."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    task.save(folder)
+    prompt_file = folder.parent / f"{folder.name}.calibration.jsonl"
+    prompt_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in prompts))
+    calibration = folder.parent / f"{folder.name}.calibration.safetensors"
+    run_cli("calibrate", "--model", str(folder), "--prompts", str(prompt_file), "--out", str(calibration))
+    return folder, calibration
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, clean_texts) -> tuple[Path, Path]:
     """(model folder, calibration file): a 2-layer Llama with MiniLM's tokenizer and a sentiment task."""
@@ -38,14 +50,7 @@ def tiny_model(tmp_path_factory, clean_texts) -> tuple[Path, Path]:
                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
                          bos_token_id=tokenizer.cls_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    SENTIMENT.save(folder)
-    prompts = folder.parent / "calibration.jsonl"
-    prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in clean_texts[:120]))
-    calibration = folder.parent / "tiny.calibration.safetensors"
-    run_cli("calibrate", "--model", str(folder), "--prompts", str(prompts), "--out", str(calibration))
-    return folder, calibration
+    return _save_and_calibrate(folder, LlamaForCausalLM(config), tokenizer, SENTIMENT, clean_texts[:120])
 
 
 @pytest.fixture(scope="session")
@@ -57,14 +62,8 @@ def tiny_encoder_model(tmp_path_factory, clean_texts) -> tuple[Path, Path]:
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, num_labels=2, id2label={0: "negative", 1: "positive"},
                         label2id={"negative": 0, "positive": 1})
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    Task(kind="encoder", labels=("negative", "positive")).save(folder)
-    prompts = folder.parent / "encoder-calibration.jsonl"
-    prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in clean_texts[:60]))
-    calibration = folder.parent / "tiny-encoder.calibration.safetensors"
-    run_cli("calibrate", "--model", str(folder), "--prompts", str(prompts), "--out", str(calibration))
-    return folder, calibration
+    task = Task(kind="encoder", labels=("negative", "positive"))
+    return _save_and_calibrate(folder, BertForSequenceClassification(config), tokenizer, task, clean_texts[:60])
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
-from headguard.errors import InputError
+from headguard.fsutil import atomic_folder
 from headguard.models.classifier import Classifier
 from headguard.models.fingerprint import weights_hash
 from headguard.repair.patch import Patch, apply_patch
@@ -21,12 +20,7 @@ def export(model: Path, patch_dir: Path, out: Path, device: str = "cpu") -> None
     model, out = Path(model), Path(out)
     clf = Classifier.from_folder(model, device)
     apply_patch(clf.model, patch, weights_hash(clf.model))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    except OSError as exc:
-        raise InputError(f"cannot write --out {out}: {exc.strerror or exc}") from None
-    try:
+    with atomic_folder(out) as tmp:
         for item in model.iterdir():
             if item.name in SKIP or item.suffix in WEIGHT_SUFFIXES or item.name.endswith(".index.json"):
                 continue
@@ -35,10 +29,3 @@ def export(model: Path, patch_dir: Path, out: Path, device: str = "cpu") -> None
         (tmp / "headguard-patch.json").write_text(json.dumps(
             {"source": str(model), "patch": str(patch_dir), "base_hash": patch.base_hash,
              "heads": patch.manifest["heads"], "weights_hash": weights_hash(clf.model)}, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.chmod(0o755)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from headguard.errors import InputError
+from headguard.fsutil import atomic_folder
 
 FORMAT = "headguard-patch"
 VERSION = 1
@@ -49,22 +48,12 @@ class Patch:
 
     def save(self, folder: Path) -> None:
         """Writes atomically: a half-written patch never appears under `folder`."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as tmp:
             save_file({f"slice_{i:04d}": v.contiguous() for i, v in enumerate(self.values)}, str(tmp / TENSORS))
             digest = hashlib.sha256((tmp / TENSORS).read_bytes()).hexdigest()
             manifest = {**self.manifest, "format": FORMAT, "version": VERSION, "tensors_sha256": digest,
                         "slices": [asdict(s) for s in self.slices]}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.chmod(0o755)
-            tmp.rename(folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def load(cls, folder: Path) -> Patch:
