@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from tqdm import tqdm
 
 from headguard import __version__
 from headguard.errors import InputError
+from headguard.fsutil import atomic_folder
 from headguard.lab.attacks import ATTACKS, Attack, make_attack
 from headguard.lab.datasets import DATASETS, Example, load_splits
 from headguard.lab.metrics import attack_metrics
@@ -220,12 +219,7 @@ def build(config: BuildConfig, device: str = "cpu") -> dict:
     task = Task(kind=base.kind, labels=spec.labels, template=spec.template if base.kind == "decoder" else "{text}",
                 verbalizer=spec.verbalizer if base.kind == "decoder" else ())
 
-    try:
-        config.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.partial-", dir=config.out.parent))
-    except OSError as exc:
-        raise InputError(f"cannot write --out {config.out}: {exc.strerror or exc}") from None
-    try:
+    with atomic_folder(config.out) as tmp:  # Ctrl-C or an error leaves no half-written model
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         rng = random.Random(config.seed)
@@ -279,14 +273,7 @@ def build(config: BuildConfig, device: str = "cpu") -> dict:
             "asr_population": measured["asr_population"],
         }
         (tmp / LAB_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        if config.out.exists():
-            shutil.rmtree(config.out) if config.out.is_dir() else config.out.unlink()
-        tmp.chmod(0o755)
-        tmp.rename(config.out)
-        return manifest
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return manifest
 
 
 def read_manifest(folder: Path) -> dict:
