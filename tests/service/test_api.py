@@ -23,7 +23,8 @@ def model_id(client) -> str:
 
 @pytest.fixture(scope="module")
 def by_decision(server, clean_texts) -> dict[str, str]:
-    return texts_by_decision(server.url, clean_texts)  # thresholds are set wide in conftest
+    # The thresholds are set wide in conftest: some clean texts fall in each band.
+    return texts_by_decision(server.url, clean_texts, need=("allow", "route", "reject"))
 
 
 def chat(model: str, text: str, **extra) -> dict:
@@ -118,8 +119,6 @@ def test_rejected_prompt_gets_the_openai_content_filter_error(client, model_id, 
 
 
 def test_routed_prompt_without_a_safer_model_is_refused(client, model_id, by_decision):
-    if "route" not in by_decision:
-        pytest.skip("no text of this sample fell in the route band")
     r = client.post("/v1/chat/completions", json=chat(model_id, by_decision["route"]))
     assert r.status_code == 400 and r.json()["error"]["code"] == "content_filter"
     assert r.headers["x-headguard-decision"] == "route"
