@@ -276,8 +276,8 @@ class Engine:
 
     async def scan(self, texts: list[str]) -> list[Verdict]:
         self.check_inputs(texts)
-        try:
-            verdicts = await self._batcher.submit(texts)
+        try:  # a wedged or overloaded model thread must not hang the request: past the timeout it is a fault
+            verdicts = await asyncio.wait_for(self._batcher.submit(texts), self.settings.score_timeout_s)
         except Exception:
             self.metrics.scoring_errors.inc()
             raise
