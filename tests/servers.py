@@ -72,7 +72,8 @@ def worker(log_dir: Path, env: dict[str, str], name: str = "worker"):
     log = log_dir / f"{name}.log"
     with log.open("w") as out:
         process = subprocess.Popen([str(cli), "worker"], stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **env}, start_new_session=True)
+                                   env={**os.environ, "HEADGUARD_WORKER_METRICS_PORT": str(free_port()), **env},
+                                   start_new_session=True)
     try:
         time.sleep(1)
         if process.poll() is not None:

@@ -168,10 +168,10 @@ def _export(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from headguard.jobs.worker import work
 
-    url = get_settings().redis_url
-    if not url:
+    settings = get_settings()
+    if not settings.redis_url:
         raise InputError("the worker needs HEADGUARD_REDIS_URL (without Redis, the server runs jobs itself)")
-    work(url)
+    work(settings.redis_url, settings.host, settings.worker_metrics_port)
     return 0
 
 

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
         default=None, description="The weights store shared by workers and replicas; default STATE_DIR/weights."
     )
     weights_poll_s: float = Field(default=10.0, gt=0, description="How often replicas re-check the active version.")
+    worker_metrics_port: int = Field(
+        default=9101, ge=0, le=65535, description="Port of `headguard worker`'s /metrics (on HOST; 0: none)."
+    )
     job_timeout_s: int = Field(default=3600, ge=60, description="A repair job running longer is stopped.")
     max_batch_size: int = Field(default=16, ge=1, le=256, description="Most inputs scored in one forward pass.")
     batch_wait_ms: float = Field(default=5.0, ge=0, description="How long a batch waits for more requests.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -11,6 +12,7 @@ from headguard.jobs.queue import MAX_EVENTS, QUEUE, RedisJobs
 from headguard.jobs.tasks import JobSpec, run_repair
 
 HEARTBEAT_S = 3
+log = logging.getLogger("headguard.worker")
 
 
 def rq_repair(spec: dict) -> dict:
@@ -57,11 +59,23 @@ def rq_repair(spec: dict) -> dict:
         redis.delete(alive_key)
 
 
-def work(redis_url: str) -> None:
+def work(redis_url: str, metrics_host: str = "127.0.0.1", metrics_port: int = 0) -> None:
+    """Runs jobs until stopped; with a metrics port, serves the worker's /metrics beside it."""
+    from prometheus_client import start_http_server
     from redis import Redis
     from rq import Queue, Worker
     from rq.serializers import JSONSerializer
 
+    from headguard.telemetry.metrics import worker_registry
+
     connection = Redis.from_url(redis_url)
     queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer)
-    Worker([queue], connection=connection, serializer=JSONSerializer).work(with_scheduler=False)
+    worker = Worker([queue], connection=connection, serializer=JSONSerializer)
+    if metrics_port:
+        jobs = RedisJobs(redis_url)
+        registry = worker_registry(lambda: jobs.list(100), lambda: worker.get_state() == "busy")
+        try:
+            start_http_server(metrics_port, addr=metrics_host, registry=registry)
+        except OSError as exc:  # metrics are one feature: the worker still runs jobs without them
+            log.warning("worker metrics are off: cannot listen on %s:%d (%s)", metrics_host, metrics_port, exc)
+    worker.work(with_scheduler=False)

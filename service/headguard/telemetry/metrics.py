@@ -60,6 +60,16 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def worker_registry(list_jobs: Callable[[], list[dict]], busy: Callable[[], bool]) -> CollectorRegistry:
+    """What `headguard worker` exports: the queue's jobs (as the guard sees them) and whether it is busy."""
+    registry = CollectorRegistry()
+    Info("headguard_build", "headguard build.", registry=registry).info({"version": __version__})
+    Gauge("headguard_worker_busy", "1 while this worker runs a repair job.",
+          registry=registry).set_function(lambda: float(busy()))
+    registry.register(_JobsCollector(list_jobs))
+    return registry
+
+
 class _JobsCollector:
     STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
