@@ -13,9 +13,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from headguard.telemetry.metrics import Metrics, worker_registry
-from prometheus_client import generate_latest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
