@@ -51,7 +51,7 @@ prometheus:
 	@deploy/ensure-prometheus.sh
 
 lint: install
-	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff check service tests bench deploy
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

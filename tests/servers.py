@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import yaml
 
 
 def free_port() -> int:
@@ -87,3 +89,35 @@ def worker(log_dir: Path, env: dict[str, str], name: str = "worker"):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)
                 process.wait()
+
+
+@contextmanager
+def prometheus(config: dict, log_dir: Path, ready_timeout: float = 60):
+    """A real Prometheus (Debian's package) on a free port with `config`; yields its base URL."""
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is not installed: run deploy/ensure-prometheus.sh"
+    port = free_port()
+    config_file = log_dir / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    log = log_dir / "prometheus.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([binary, f"--config.file={config_file}", f"--storage.tsdb.path={log_dir / 'tsdb'}",
+                                    f"--web.listen-address=127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"prometheus exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"prometheus was not ready in {ready_timeout} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)

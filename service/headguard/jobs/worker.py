@@ -73,7 +73,7 @@ def work(redis_url: str, metrics_host: str = "127.0.0.1", metrics_port: int = 0)
     worker = Worker([queue], connection=connection, serializer=JSONSerializer)
     if metrics_port:
         jobs = RedisJobs(redis_url)
-        registry = worker_registry(lambda: jobs.list(100), lambda: worker.get_state() == "busy")
+        registry = worker_registry(lambda: jobs.list(100), lambda: worker.get_current_job_id() is not None)
         try:
             start_http_server(metrics_port, addr=metrics_host, registry=registry)
         except OSError as exc:  # metrics are one feature: the worker still runs jobs without them

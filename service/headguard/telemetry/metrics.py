@@ -51,6 +51,11 @@ class Metrics:
         self.ready = Gauge("headguard_ready", "1 once model, calibration and weights are loaded.", registry=r)
         self.build = Info("headguard_build", "headguard build.", registry=r)
         self.build.info({"version": __version__})
+        # Known label values start at 0, so that rate() and increase() see their first event.
+        for decision in ("allow", "route", "reject"):
+            self.inputs.labels(decision)
+        for result in ("applied", "refused"):
+            self.swaps.labels(result)
 
     def watch_jobs(self, list_jobs: Callable[[], list[dict]]) -> None:
         """Job counts by status and the running jobs' progress, read from the queue at scrape time."""
@@ -86,7 +91,7 @@ class _JobsCollector:
             by_status.add_metric([status], sum(j["status"] == status for j in jobs))
         yield by_status
         progress = GaugeMetricFamily("headguard_job_progress_ratio", "Progress of running repair jobs (0-1).",
-                                     labels=["job"])
+                                     labels=["job_id"])
         for job in jobs:
             if job["status"] == "running" and job.get("progress"):
                 progress.add_metric([job["id"]], job["progress"]["fraction"])
