@@ -7,11 +7,11 @@ from pydantic import ValidationError
 
 from headguard.settings import Settings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
 
 
-def test_every_setting_is_in_the_readme_table():
-    text = README.read_text()
+def test_every_setting_is_in_the_operations_table():
+    text = OPERATIONS.read_text()
     missing = [name for name in Settings.model_fields if f"`HEADGUARD_{name.upper()}`" not in text]
     assert not missing, missing
 
