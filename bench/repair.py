@@ -10,6 +10,7 @@ Writes bench/results/<model>.repair-<variant>-s<seed>.json. Variants, each with 
   all            every parameter trained with the same loss and steps
   single         each selected head alone, trained
   leave-one-out  all selected heads but one, trained
+  no-widen       the method without widening the deleted words to the phrase around them
 Only the harness (lab traffic, lab eval) knows the trigger; the repair sees flagged texts.
 """
 
@@ -58,6 +59,8 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
     configs: list[tuple[str, RepairConfig]] = []
     if variant == "default":
         configs.append(("default", RepairConfig(steps=steps, seed=seed)))
+    elif variant == "no-widen":
+        configs.append(("no-widen", RepairConfig(steps=steps, seed=seed, widen=0)))
     elif variant == "prune":
         configs.append(("prune", RepairConfig(steps=steps, seed=seed, heads=selected, mode="prune")))
     elif variant == "all":
@@ -96,7 +99,8 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
         m = patch.manifest
         row = {"model": model.name, "variant": name, "seed": seed, "heads": m["heads"],
                "heads_share": m["heads_share"], "seconds": round(seconds, 1), "traffic": traffic,
-               "neutralised": m["flagged"]["neutralised"], "removed_words": m["flagged"]["removed_words"][:3],
+               "neutralised": m["flagged"]["neutralised"], "widened": m["flagged"]["widened"],
+               "removed_words": m["flagged"]["removed_words"][:3],
                "flagged_match_neutral": m["flagged_match_neutral"], "clean_agreement": m["clean_agreement"],
                "clean_accuracy": report["clean_accuracy"], "attack_success_rate": report["attack_success_rate"]}
         (RESULTS / f"{model.name}.repair-{name}-s{seed}.json").write_text(json.dumps(row, indent=2) + "\n")
@@ -116,7 +120,7 @@ def main() -> int:
         selected: list[str] | None = None
         for seed in map(int, args.seeds.split(",")):
             for variant in args.variants.split(","):
-                if variant != "default" and selected is None:
+                if variant not in ("default", "no-widen") and selected is None:
                     default = RESULTS / f"{model.name}.repair-default-s0.json"
                     if not default.exists():
                         run(model, "default", 0, args.steps, None)

@@ -147,3 +147,25 @@ def test_head_masked_training_moves_only_the_selected_slices(tiny_decoder, tmp_p
         changed |= not torch.equal(p, before[name])
         p.data.copy_(before[name])  # the session-scoped fixture leaves as it came
     assert changed
+
+
+def test_word_deletions_keep_the_rest_of_the_text_as_it_was():
+    from headguard.repair.neutralise import _Words, deletions
+
+    words = _Words("  Great  film,\nreally cf good.")
+    assert words.without({3}) == "  Great  film,\nreally good."
+    assert words.without({4}) == "  Great  film,\nreally cf"
+    assert deletions("alone") == []  # the last word is never deleted
+    assert ("cf", "a b") in deletions("a cf b")
+
+
+def test_widening_spans_reach_around_the_deleted_words_shortest_first():
+    from headguard.repair.neutralise import _spans, _Words
+
+    words = _Words("a b c d e f g")
+    words.dropped = {3}
+    spans = _spans(words, 2)
+    assert {2} in spans and {4} in spans and {1, 2, 4, 5} in spans
+    assert all(3 not in span for span in spans)
+    assert [len(s) for s in spans] == sorted(len(s) for s in spans)
+    assert max(len(s) for s in spans) == 4

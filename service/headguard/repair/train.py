@@ -45,7 +45,8 @@ class RepairConfig:
     batch_size: int = 8
     attention_weight: float = 1.0
     clean_weight: float = 1.0
-    max_words: int = 3  # words removed per flagged prompt at most
+    max_words: int = 3  # words the detector-guided deletion removes per flagged prompt at most
+    widen: int = 3  # then words on each side of them the answer-guided widening may remove (0: off)
     max_flagged: int = 256
     max_clean: int = 400
     seed: int = 0
@@ -85,7 +86,7 @@ class Repairer:
     # --- stages --------------------------------------------------------------------------------
     def targets(self, flagged: list[str]) -> list[Neutralised]:
         self.progress("neutralise", 0, self.config.max_words)
-        return neutralise(self.detector, flagged, self.config.max_words,
+        return neutralise(self.detector, flagged, self.config.max_words, widen=self.config.widen,
                           progress=lambda done, total: self.progress("neutralise", done, total))
 
     def choose_heads(self, usable: list[Neutralised], clean: list[str]) -> tuple[list[tuple[int, int]], dict]:
@@ -245,7 +246,7 @@ class Repairer:
             "heads_share": round(len(heads) / n_query_heads, 4), "query_heads": n_query_heads,
             "selection": selection, "config": asdict(cfg),
             "flagged": {"given": len(flagged), "neutralised": len(usable),
-                        "removed_words": _top_words(usable)},
+                        "widened": sum(u.widened > 0 for u in usable), "removed_words": _top_words(usable)},
             "clean_prompts": len(clean),
             "flagged_match_neutral": {"before": before["flagged_match"], "after": after["flagged_match"]},
             "clean_agreement": after["clean_agreement"],
