@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from headguard.detect.detector import Detector
 from headguard.repair.outputs import batched_logprobs
@@ -110,9 +109,9 @@ def _widen(detector: Detector, items: list[Neutralised], words: list[_Words], wi
     answers = batched_logprobs(clf, [it.text for it, _ in todo]).argmax(-1)
     base = batched_logprobs(clf, [it.neutral for it, _ in todo])
     # Only where stage 1 left the answer as it was: the trigger's effect may have survived it.
-    same = (base.argmax(-1) == answers).tolist()
-    todo = [pair for pair, keep in zip(todo, same, strict=True) if keep]
-    answers, base = answers[torch.tensor(same)], base[torch.tensor(same)]
+    same = base.argmax(-1) == answers
+    todo = [pair for pair, keep in zip(todo, same.tolist(), strict=True) if keep]
+    answers, base = answers[same], base[same]
     if not todo:
         return
     spans = [_spans(w, widen) for _, w in todo]
