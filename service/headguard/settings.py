@@ -74,8 +74,10 @@ class Settings(BaseSettings):
     fail_mode: Literal["closed", "open"] = Field(
         default="closed", description="When scoring fails: closed answers 503, open lets the request through."
     )
-    score_timeout_s: float = Field(
-        default=30.0, gt=0, description="Longest wait for a score; past it scoring counts as failed (see fail_mode)."
+    score_timeout_s: float | None = Field(
+        default=None, gt=0,
+        description="Longest wait for a score, queueing included; past it scoring has failed (see fail_mode). "
+        "Unset: no limit.",
     )
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token for /admin/v1; unset: the admin API refuses every call."

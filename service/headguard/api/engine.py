@@ -276,8 +276,12 @@ class Engine:
 
     async def scan(self, texts: list[str]) -> list[Verdict]:
         self.check_inputs(texts)
-        try:  # a wedged or overloaded model thread must not hang the request: past the timeout it is a fault
-            verdicts = await asyncio.wait_for(self._batcher.submit(texts), self.settings.score_timeout_s)
+        timeout = self.settings.score_timeout_s
+        try:  # with a timeout, a wedged or overloaded model thread cannot hang the request: it is a fault
+            verdicts = await asyncio.wait_for(self._batcher.submit(texts), timeout)
+        except TimeoutError:
+            self.metrics.scoring_errors.inc()
+            raise TimeoutError(f"no score within HEADGUARD_SCORE_TIMEOUT_S={timeout:g} s") from None
         except Exception:
             self.metrics.scoring_errors.inc()
             raise
