@@ -32,6 +32,22 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
+def wait_ready(process: subprocess.Popen, ready_url: str, log: Path, what: str, timeout: float) -> None:
+    """Polls `ready_url` until it answers 200; fails with the log's tail if the process exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} was not ready in {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def serve(model: Path, log_dir: Path, env: dict[str, str] | None = None, ready_timeout: float = 300,
           name: str = "server"):
@@ -45,18 +61,7 @@ def serve(model: Path, log_dir: Path, env: dict[str, str] | None = None, ready_t
                                    stdout=out, stderr=subprocess.STDOUT, env=full_env)
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"the server exited with {process.returncode}:\n{server.logs()[-3000:]}")
-            try:
-                if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the server was not ready in {ready_timeout} s:\n{server.logs()[-3000:]}")
-            time.sleep(0.2)
+        wait_ready(process, f"{server.url}/ready", log, "the server", ready_timeout)
         yield server
     finally:
         process.terminate()
@@ -105,18 +110,7 @@ def prometheus(config: dict, log_dir: Path, ready_timeout: float = 60):
                                     f"--web.listen-address=127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"prometheus exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"prometheus was not ready in {ready_timeout} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_ready(process, f"{url}/-/ready", log, "prometheus", ready_timeout)
         yield url
     finally:
         process.terminate()
