@@ -150,13 +150,16 @@ def test_head_masked_training_moves_only_the_selected_slices(tiny_decoder, tmp_p
 
 
 def test_word_deletions_keep_the_rest_of_the_text_as_it_was():
-    from headguard.repair.neutralise import _Words, deletions
+    from headguard.repair.neutralise import _Words
 
     words = _Words("  Great  film,\nreally cf good.")
     assert words.without({3}) == "  Great  film,\nreally good."
     assert words.without({4}) == "  Great  film,\nreally cf"
-    assert deletions("alone") == []  # the last word is never deleted
-    assert ("cf", "a b") in deletions("a cf b")
+    assert _Words("alone").candidates(64) == []  # the last word is never deleted
+    three = _Words("a cf b")
+    assert three.candidates(64) == [0, 1, 2] and three.without({1}) == "a b"
+    three.dropped = {0, 1}
+    assert three.candidates(64) == []
 
 
 def test_widening_spans_reach_around_the_deleted_words_shortest_first():

@@ -55,11 +55,10 @@ class _Words:
     def kept_after(self, extra: set[int]) -> int:
         return len(self.words) - len(self.dropped | extra)
 
-
-def deletions(text: str) -> list[tuple[str, str]]:
-    """(word, text without it) for each word of `text` whose deletion leaves some text."""
-    words = _Words(text)
-    return [(w.strip(), words.without({i})) for i, w in enumerate(words.words) if len(words.words) > 1]
+    def candidates(self, limit: int) -> list[int]:
+        """Words that may be deleted next: none when one is left (a prompt never becomes empty)."""
+        kept = [i for i in range(len(self.words)) if i not in self.dropped]
+        return kept[:limit] if len(kept) > 1 else []
 
 
 def _find(detector: Detector, items: list[Neutralised], words: list[_Words], max_words: int,
@@ -69,8 +68,7 @@ def _find(detector: Detector, items: list[Neutralised], words: list[_Words], max
         pending = [(it, w) for it, w in zip(items, words, strict=True) if not it.ok]
         if not pending:
             break
-        options = [[i for i in range(len(w.words)) if i not in w.dropped][:max_candidates] for _, w in pending]
-        options = [opts if len(opts) > 1 else [] for opts in options]  # never delete the last word
+        options = [w.candidates(max_candidates) for _, w in pending]
         flat = [w.without(w.dropped | {i}) for (_, w), opts in zip(pending, options, strict=True) for i in opts]
         flat_scores = detector.scores(flat) if flat else np.zeros(0)
         offset = 0
