@@ -30,6 +30,10 @@ def make(family):
     return GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=3, n_head=4, bos_token_id=0, eos_token_id=0))
 
 
+def no_hooks(model):
+    return all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+
 @pytest.mark.parametrize("family", ["bert", "llama", "qwen2", "gpt2"])
 def test_rows_match_eager_attention_with_padding(family):
     model = make(family).eval()
@@ -61,7 +65,25 @@ def test_stop_early_skips_deeper_layers_and_removes_hooks():
         model(input_ids=ids)
     deep.remove()
     assert set(rows) == {0, 1} and ran == []
-    assert all(not m._forward_pre_hooks for m in adapter.attention_modules())
+    assert no_hooks(model)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_each_projection_runs_once_per_forward(family):
+    """The rows come from the model's own projections: capture adds no projection call."""
+    model = make(family).eval()
+    adapter = adapter_for(model)
+    calls = []
+    for module in adapter.attention_modules():
+        for proj in set(adapter.projections(module)):
+            proj.register_forward_pre_hook(lambda m, a, proj=proj: calls.append(proj))
+    ids = torch.randint(0, 100, (1, 5))
+    with torch.no_grad():
+        model(input_ids=ids)
+        plain = len(calls)
+        with capture_rows(adapter, [0, 1, 2], torch.tensor([0]), torch.ones(1, 5, dtype=torch.bool)):
+            model(input_ids=ids)
+    assert len(calls) == 2 * plain
 
 
 def test_hooks_are_removed_on_error():
@@ -70,7 +92,7 @@ def test_hooks_are_removed_on_error():
     with pytest.raises(RuntimeError):
         with capture_rows(adapter, [0], torch.tensor([0]), torch.ones(1, 3, dtype=torch.bool)):
             raise RuntimeError("boom")
-    assert all(not m._forward_pre_hooks for m in adapter.attention_modules())
+    assert no_hooks(model)
 
 
 def test_gqa_groups_and_head_names():

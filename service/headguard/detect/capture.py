@@ -1,14 +1,14 @@
-"""Captures one attention row per head by hooking the model's own attention modules.
+"""Captures one attention row per head by hooking the model's own query and key projections.
 
 Like baukit's Trace: a context manager that always removes its hooks, and that can stop the
-forward pass right after the deepest layer it needs (the rest of the model is wasted work when
-only a score is wanted).
+forward pass as soon as the deepest layer it needs has produced its keys (the rest of the model
+is wasted work when only a score is wanted).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
@@ -25,23 +25,41 @@ def capture_rows(adapter: Adapter, layers: Sequence[int], query: torch.Tensor, k
     """Yields a dict that fills, during the forward pass, with layer -> [batch, head, key] rows.
 
     `query` [batch] is the position whose row is read, `key_mask` [batch, key] the attendable keys.
+    Per layer, three hooks: the attention module's call (for its inputs, e.g. rotary angles), its
+    query projection (the query positions' queries) and its key projection (where the row is made).
     """
     rows: dict[int, torch.Tensor] = {}
     modules = adapter.attention_modules()
     deepest = max(layers)
+    batch = torch.arange(len(query), device=query.device)
 
-    def hook_for(layer: int):
-        def hook(module, args, kwargs):
-            rows[layer] = adapter.query_row(module, args, kwargs, query, key_mask)
+    def hooks_for(layer: int, module: torch.nn.Module):
+        state: dict = {}
+
+        def on_call(_module, args, kwargs):
+            state["args"], state["kwargs"] = args, kwargs
+
+        def on_query(_module, _inputs, output):
+            state["q"] = adapter.query_part(output)[batch, query]
+
+        def on_key(_module, _inputs, output):
+            rows[layer] = adapter.query_row(module, state.pop("q"), adapter.key_part(output),
+                                            state.pop("args"), state.pop("kwargs"), query, key_mask)
             if stop_early and layer == deepest:
                 raise StopForward
-        return hook
 
-    handles = [modules[i].register_forward_pre_hook(hook_for(i), with_kwargs=True) for i in layers]
-    try:
-        yield rows
-    except StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+        return on_call, on_query, on_key
+
+    with ExitStack() as handles:
+        for layer in layers:
+            module = modules[layer]
+            q_proj, k_proj = adapter.projections(module)
+            on_call, on_query, on_key = hooks_for(layer, module)
+            # Registration order is call order on a shared module (GPT-2's fused projection).
+            handles.callback(module.register_forward_pre_hook(on_call, with_kwargs=True).remove)
+            handles.callback(q_proj.register_forward_hook(on_query).remove)
+            handles.callback(k_proj.register_forward_hook(on_key).remove)
+        try:
+            yield rows
+        except StopForward:
+            pass

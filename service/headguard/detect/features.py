@@ -50,7 +50,7 @@ def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[st
     if "cosine" in families:
         unit = p / p.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         gram = unit @ unit.transpose(1, 2)  # [batch, head, head]
-        i, j = torch.triu_indices(p.shape[1], p.shape[1], offset=1)
+        i, j = torch.triu_indices(p.shape[1], p.shape[1], offset=1, device=p.device)
         out.append(_log_odds(gram[:, i, j]))
     return torch.cat(out, dim=-1)
 

@@ -1,8 +1,9 @@
 """Head adapters: where each model family keeps its attention modules and how to recompute one row.
 
-The guard hooks the model's own attention modules and, from the inputs they receive, recomputes
-the attention probabilities of the query position only: one row per head, [batch, head, key].
-The model itself keeps its fused attention kernel; nothing T x T is materialised.
+The guard hooks the model's own query and key projections and, from their outputs, computes the
+attention probabilities of the query position only: one row per head, [batch, head, key]. No
+projection is computed twice, the model keeps its fused attention kernel, and nothing T x T is
+materialised.
 
 A "head" is a query head. In grouped-query attention (Llama, Qwen2, Mistral) several query heads
 share one key/value group; `kv_group(head)` names it, and the repair module trains query rows per
@@ -87,12 +88,25 @@ class Adapter:
         dim = 0 if self.family == "gpt2" else 1  # GPT-2's Conv1D stores [in, out]
         return [(weight, dim, h * d, (h + 1) * d) for h in sorted(heads)]
 
-    def hidden_from(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        return args[0] if args else kwargs["hidden_states"]
+    def projections(self, module: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """(query projection, key projection) of an attention module; the query's runs first."""
+        raise NotImplementedError
 
-    def query_row(self, module: nn.Module, args: tuple, kwargs: dict, query: torch.Tensor,
-                  key_mask: torch.Tensor) -> torch.Tensor:
-        """Attention probabilities of position `query[b]` over all keys: [batch, head, key]."""
+    def query_part(self, output: torch.Tensor) -> torch.Tensor:
+        """The queries [..., head * d] within the query projection's output."""
+        return output
+
+    def key_part(self, output: torch.Tensor) -> torch.Tensor:
+        """The keys [..., kv_head * d] within the key projection's output."""
+        return output
+
+    def query_row(self, module: nn.Module, q: torch.Tensor, k: torch.Tensor, args: tuple, kwargs: dict,
+                  query: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities of the query positions over all keys: [batch, head, key].
+
+        `q` [batch, head * d] is the query projection at the query positions, `k` [batch, key,
+        kv_head * d] the key projection, `args`/`kwargs` what the attention module was called with.
+        """
         raise NotImplementedError
 
 
@@ -121,14 +135,13 @@ class BertAdapter(Adapter):
         return [*_row_slices(attn.query, hs, d), *_row_slices(attn.key, hs, d), *_row_slices(attn.value, hs, d),
                 *self.output_slices(layer, heads)]
 
-    def query_row(self, module, args, kwargs, query, key_mask):
-        hidden = self.hidden_from(args, kwargs)  # [batch, key, dim]
-        b, t, _ = hidden.shape
+    def projections(self, module):
+        return module.query, module.key
+
+    def query_row(self, module, q, k, args, kwargs, query, key_mask):
+        b, t, _ = k.shape
         d = module.attention_head_size
-        rows = hidden[torch.arange(b), query]  # [batch, dim]
-        q = module.query(rows).view(b, -1, d)  # [batch, head, d]
-        k = module.key(hidden).view(b, t, -1, d)  # [batch, key, head, d]
-        scores = torch.einsum("bhd,bthd->bht", q, k) * module.scaling
+        scores = torch.einsum("bhd,bthd->bht", q.view(b, -1, d), k.view(b, t, -1, d)) * module.scaling
         return _softmax_row(scores, key_mask)
 
 
@@ -151,20 +164,23 @@ class LlamaAdapter(Adapter):
         return [*_row_slices(attn.q_proj, hs, d), *_row_slices(attn.k_proj, whole_groups, d),
                 *_row_slices(attn.v_proj, whole_groups, d), *self.output_slices(layer, heads)]
 
-    def query_row(self, module, args, kwargs, query, key_mask):
-        hidden = self.hidden_from(args, kwargs)  # [batch, key, dim]
+    def projections(self, module):
+        return module.q_proj, module.k_proj
+
+    def query_row(self, module, q, k, args, kwargs, query, key_mask):
         cos, sin = kwargs["position_embeddings"] if "position_embeddings" in kwargs else args[1]
-        b, t, _ = hidden.shape
+        b, t, _ = k.shape
         d = module.head_dim
-        idx = torch.arange(b)
-        q = module.q_proj(hidden[idx, query]).view(b, -1, d)  # [batch, head, d]
-        k = module.k_proj(hidden).view(b, t, -1, d)  # [batch, key, kv_head, d]
+        idx = torch.arange(b, device=k.device)
+        q, k = q.view(b, -1, d), k.view(b, t, -1, d)  # [batch, head, d], [batch, key, kv_head, d]
         if hasattr(module, "q_norm"):
             q, k = module.q_norm(q), module.k_norm(k)
         q = q * cos[idx, query][:, None] + _rotate_half(q) * sin[idx, query][:, None]
         k = k * cos[:, :, None] + _rotate_half(k) * sin[:, :, None]
-        k = k.repeat_interleave(q.shape[1] // k.shape[2], dim=2)  # each query head sees its KV group
-        scores = torch.einsum("bhd,bthd->bht", q, k) * module.scaling
+        # Head h belongs to KV group h // per_group: score each group's queries against its keys
+        # without copying the keys once per query head.
+        n_kv = k.shape[2]
+        scores = torch.einsum("bkgd,btkd->bkgt", q.view(b, n_kv, -1, d), k).reshape(b, -1, t) * module.scaling
         return _softmax_row(scores, key_mask)
 
 
@@ -187,14 +203,19 @@ class GPT2Adapter(Adapter):
                 out += [(attn.c_attn.weight, 1, start, start + d), (attn.c_attn.bias, 0, start, start + d)]
         return out + self.output_slices(layer, heads)
 
-    def query_row(self, module, args, kwargs, query, key_mask):
-        hidden = self.hidden_from(args, kwargs)
-        b, t, dim = hidden.shape
+    def projections(self, module):
+        return module.c_attn, module.c_attn  # one fused projection: [q | k | v]
+
+    def query_part(self, output):
+        return output[..., : self.config.hidden_size]
+
+    def key_part(self, output):
+        return output[..., self.config.hidden_size : 2 * self.config.hidden_size]
+
+    def query_row(self, module, q, k, args, kwargs, query, key_mask):
+        b, t, _ = k.shape
         d = module.head_dim
-        q, k, _ = module.c_attn(hidden).split(dim, dim=2)
-        q = q[torch.arange(b), query].view(b, -1, d)
-        k = k.view(b, t, -1, d)
-        scores = torch.einsum("bhd,bthd->bht", q, k)
+        scores = torch.einsum("bhd,bthd->bht", q.view(b, -1, d), k.view(b, t, -1, d))
         if module.scale_attn_weights:
             scores = scores / (d**0.5)
         if getattr(module, "scale_attn_by_inverse_layer_idx", False):

@@ -55,18 +55,18 @@ class HeadScorer:
     def positions(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(query [batch], content [batch, key]) for a padded batch."""
         b, t = mask.shape
-        idx = torch.arange(b)
+        idx = torch.arange(b, device=mask.device)
         content = mask.clone()
         if self.is_encoder:  # right padding: [CLS] text [SEP] pad...
             last = mask.sum(-1) - 1
             content[:, 0] = False
             content[idx, last] = False
-            query = torch.zeros(b, dtype=torch.long)
+            query = torch.zeros(b, dtype=torch.long, device=mask.device)
         else:  # left padding: pad... first ... last
             first = t - mask.sum(-1)
             content[idx, first] = False  # the first token is the decoder's attention sink
-            query = torch.full((b,), t - 1, dtype=torch.long)
-        return query.to(mask.device), content
+            query = torch.full((b,), t - 1, dtype=torch.long, device=mask.device)
+        return query, content
 
     @torch.no_grad()
     def capture(self, texts: list[str], stop_early: bool = True) -> Capture:

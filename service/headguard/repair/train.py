@@ -131,7 +131,7 @@ class Repairer:
             for layer in layers:
                 hs = [h for lay, h in heads if lay == layer]
                 row = rows[layer][0, hs]  # [head_sel, len(neutral)]
-                target = torch.zeros(len(hs), f["input_ids"].shape[1])
+                target = torch.zeros(len(hs), f["input_ids"].shape[1], device=row.device)
                 target[:, f_pos] = row[:, n_pos].float()
                 ex.target_rows[layer] = target / target.sum(-1, keepdim=True).clamp(min=1e-12)
             self.progress("attention targets", i + 1, len(examples))
@@ -148,7 +148,7 @@ class Repairer:
         left = self.clf.task.kind == "decoder"  # decoders pad on the left
         for layer in layers:
             hs = [h for lay, h in heads if lay == layer]
-            target = torch.zeros(len(examples), len(hs), t)
+            target = torch.zeros(len(examples), len(hs), t, device=mask.device)
             for b, ex in enumerate(examples):
                 row = ex.target_rows[layer]
                 if left:
