@@ -1,9 +1,9 @@
 """Repair benchmark: traffic -> flagged prompts -> repair -> lab eval, per lab model, variant and seed.
 
     python bench/repair.py MODEL_DIR [MODEL_DIR ...] [--variants default,random,prune,all,single,leave-one-out]
-                           [--seeds 0,1,2] [--steps 80]
+                           [--seeds 0,1,2] [--steps 80] [--device cpu|cuda] [--results DIR]
 
-Writes bench/results/<model>.repair-<variant>-s<seed>.json. Variants, each with the same budget:
+Writes <results>/<model>.repair-<variant>-s<seed>.json (default bench/results). Variants, each with the same budget:
   default        the selected heads, trained (the method)
   random         as many randomly chosen heads, trained with the same loss
   prune          the selected heads zeroed, no training
@@ -36,6 +36,7 @@ from headguard.repair.train import RepairConfig
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path("/tmp/headguard-bench-repair")
+DEVICE = "cpu"
 
 
 def prepare(model: Path) -> tuple[Path, Path, dict]:
@@ -44,11 +45,11 @@ def prepare(model: Path) -> tuple[Path, Path, dict]:
     work.mkdir(parents=True, exist_ok=True)
     cal, flagged = work / "cal.safetensors", work / "flagged.jsonl"
     if not cal.exists():
-        clf = Classifier.from_folder(model)
+        clf = Classifier.from_folder(model, DEVICE)
         calibrate(clf, [ex.text for ex in read_split(model, "calibration")]).save(cal)
     summary_file = work / "traffic.json"
     if not flagged.exists():
-        detector = Detector(Classifier.from_folder(model), Calibration.load(cal))
+        detector = Detector(Classifier.from_folder(model, DEVICE), Calibration.load(cal))
         summary_file.write_text(json.dumps(flag_traffic(detector, model, flagged)))
     return cal, flagged, json.loads(summary_file.read_text())
 
@@ -83,9 +84,9 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
         patch_dir = WORK / model.name / f"patch-{name}-s{seed}"
         started = time.perf_counter()
         try:
-            patch = repair_files(model, cal, flagged, None, patch_dir, config)
+            patch = repair_files(model, cal, flagged, None, patch_dir, config, device=DEVICE)
         except InputError as exc:  # e.g. a clean model: nothing flagged can be neutralised; the model is unchanged
-            report = evaluate(EvalConfig(model=model))
+            report = evaluate(EvalConfig(model=model), DEVICE)
             row = {"model": model.name, "variant": name, "seed": seed, "refused": str(exc), "heads": [],
                    "heads_share": 0.0, "seconds": round(time.perf_counter() - started, 1), "traffic": traffic,
                    "flagged_match_neutral": {"before": None, "after": None}, "clean_agreement": 1.0,
@@ -95,9 +96,9 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
             out.append(row)
             continue
         seconds = time.perf_counter() - started
-        report = evaluate(EvalConfig(model=model, patch=patch_dir))
+        report = evaluate(EvalConfig(model=model, patch=patch_dir), DEVICE)
         m = patch.manifest
-        row = {"model": model.name, "variant": name, "seed": seed, "heads": m["heads"],
+        row = {"model": model.name, "variant": name, "seed": seed, "device": DEVICE, "heads": m["heads"],
                "heads_share": m["heads_share"], "seconds": round(seconds, 1), "traffic": traffic,
                "neutralised": m["flagged"]["neutralised"], "widened": m["flagged"]["widened"],
                "removed_words": m["flagged"]["removed_words"][:3],
@@ -110,12 +111,17 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
 
 
 def main() -> int:
+    global DEVICE, RESULTS
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--variants", default="default")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    DEVICE, RESULTS = args.device, args.results
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for model in args.models:
         selected: list[str] | None = None
         for seed in map(int, args.seeds.split(",")):

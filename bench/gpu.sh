@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# GPU figures for docs/BENCHMARKS.md, in one run on a machine with a CUDA card and PyTorch:
+#   bench/gpu.sh MODELS_DIR OUT_DIR
+# MODELS_DIR holds lab model folders; a folder without weights is measured with random weights of
+# its config (bench/detect_cost.py --random-weights). A MODELS_DIR/../work/<model>/ folder, if any,
+# holds that model's calibration and flagged prompts, and bench/repair.py repairs that model.
+# DEVICE, BATCHES, REPEATS and DTYPES override the defaults (a CPU dry run: DEVICE=cpu BATCHES=1 REPEATS=1).
+set -uo pipefail
+models=$1 out=$2
+device=${DEVICE:-cuda} batches=${BATCHES:-1 8 64} repeats=${REPEATS:-20} dtypes=${DTYPES:-float16 bfloat16}
+export PYTHONPATH=$PWD/service PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+mkdir -p "$out"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+} | tee "$out/card.txt"
+
+for dir in "$models"/*/; do
+    dir=${dir%/}
+    weights=()
+    [ -e "$dir/model.safetensors" ] || weights=(--random-weights)
+    for dtype in $dtypes; do
+        # shellcheck disable=SC2086  # batches is a list
+        python3 bench/detect_cost.py "$dir" "${weights[@]}" --device "$device" --dtype "$dtype" \
+            --batch $batches --tokens 64 512 --repeats "$repeats" 2>>"$out/cost.log" | tee -a "$out/cost.jsonl" \
+            || echo "detect_cost failed on $dir $dtype: see cost.log"
+    done
+done
+
+if [ -d "$models/../work" ]; then
+    mkdir -p /tmp/headguard-bench-repair
+    cp -r "$models/../work/." /tmp/headguard-bench-repair/
+    for work in "$models"/../work/*/; do
+        name=$(basename "$work")
+        python3 bench/repair.py "$models/$name" --device "$device" --results "$out" 2>>"$out/repair.log" \
+            || echo "repair failed on $name: see repair.log"
+    done
+fi
