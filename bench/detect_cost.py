@@ -136,7 +136,8 @@ def main() -> None:
     texts = [ex.text for ex in read_split(args.model, "calibration")]
     extra = {"logits_to_keep": 1} if clf.task.kind == "decoder" else {}
     weights_mib = sum(p.numel() * p.element_size() for p in clf.model.parameters()) / 2**20
-    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    cuda = args.device.startswith("cuda")
+    card = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
     for batch_size in args.batch:
         scorer = HeadScorer(clf, batch_size=batch_size)
         for n_tokens in args.tokens:
@@ -144,8 +145,8 @@ def main() -> None:
             batch = clf.encode(prompts)
             modes = {
                 "plain": lambda batch=batch: clf.model(**batch, **extra),
-                "score_only": lambda prompts=prompts: scorer.capture(prompts, stop_early=True),
-                "forward_and_score": lambda prompts=prompts: scorer.capture(prompts, stop_early=False),
+                "score_only": lambda prompts=prompts, scorer=scorer: scorer.capture(prompts, stop_early=True),
+                "forward_and_score": lambda prompts=prompts, scorer=scorer: scorer.capture(prompts, stop_early=False),
             }
             row = {"model": args.model.name, "device": card, "dtype": args.dtype,
                    "random_weights": args.random_weights, "tokens": int(batch["input_ids"].shape[1]),
