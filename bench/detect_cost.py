@@ -3,7 +3,8 @@
     .venv/bin/python bench/detect_cost.py MODEL_DIR [--tokens 64 512] [--batch 8] [--repeats 7]
         [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--random-weights]
 
-Three modes per prompt length and batch size, on the same batch:
+Three modes per prompt length and batch size, on the same tokenised batch (tokenising is the
+same work with or without the guard, so no mode counts it):
 - plain: the model's own forward (a decoder computes logits for the last position only, as a
   serving engine's prefill does);
 - score_only: headguard's capture of every layer's query row, features, and the early stop
@@ -145,8 +146,8 @@ def main() -> None:
             batch = clf.encode(prompts)
             modes = {
                 "plain": lambda batch=batch: clf.model(**batch, **extra),
-                "score_only": lambda prompts=prompts, scorer=scorer: scorer.capture(prompts, stop_early=True),
-                "forward_and_score": lambda prompts=prompts, scorer=scorer: scorer.capture(prompts, stop_early=False),
+                "score_only": lambda batch=batch, scorer=scorer: scorer.capture_batch(batch, stop_early=True),
+                "forward_and_score": lambda batch=batch, scorer=scorer: scorer.capture_batch(batch, stop_early=False),
             }
             row = {"model": args.model.name, "device": card, "dtype": args.dtype,
                    "random_weights": args.random_weights, "tokens": int(batch["input_ids"].shape[1]),

@@ -12,7 +12,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-from headguard.detect.heads import Adapter
+from headguard.detect.heads import Adapter, softmax_rows
 
 
 class StopForward(Exception):
@@ -26,9 +26,12 @@ def capture_rows(adapter: Adapter, layers: Sequence[int], query: torch.Tensor, k
 
     `query` [batch] is the position whose row is read, `key_mask` [batch, key] the attendable keys.
     Per layer, three hooks: the attention module's call (for its inputs, e.g. rotary angles), its
-    query projection (the query positions' queries) and its key projection (where the row is made).
+    query projection (the query positions' queries) and its key projection (where the row's logits
+    are made). The softmax runs once over all layers when the forward pass ends: per-layer work is
+    what costs on a GPU, where a small model's forward pass is bound by kernel launches.
     """
     rows: dict[int, torch.Tensor] = {}
+    scores: dict[int, torch.Tensor] = {}
     modules = adapter.attention_modules()
     deepest = max(layers)
     batch = torch.arange(len(query), device=query.device)
@@ -43,8 +46,8 @@ def capture_rows(adapter: Adapter, layers: Sequence[int], query: torch.Tensor, k
             state["q"] = adapter.query_part(output)[batch, query]
 
         def on_key(_module, _inputs, output):
-            rows[layer] = adapter.query_row(module, state.pop("q"), adapter.key_part(output),
-                                            state.pop("args"), state.pop("kwargs"), query, key_mask)
+            scores[layer] = adapter.query_scores(module, state.pop("q"), adapter.key_part(output),
+                                                 state.pop("args"), state.pop("kwargs"), query)
             if stop_early and layer == deepest:
                 raise StopForward
 
@@ -63,3 +66,7 @@ def capture_rows(adapter: Adapter, layers: Sequence[int], query: torch.Tensor, k
             yield rows
         except StopForward:
             pass
+    if scores:
+        done = sorted(scores)
+        stacked = softmax_rows(torch.stack([scores[i] for i in done], dim=1), key_mask)  # [batch, layer, head, key]
+        rows.update(zip(done, stacked.unbind(1), strict=True))

@@ -13,9 +13,14 @@ import torch
 FAMILIES = ("row_entropy", "entropy", "max", "sink", "cosine")
 
 
+def _keys(content: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """content [batch, key] shaped to broadcast against rows [batch, ..., head, key]."""
+    return content.view(content.shape[0], *([1] * (rows.ndim - 2)), content.shape[-1])
+
+
 def content_rows(rows: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-    """rows [batch, head, key] renormalised over content keys (content [batch, key] bool)."""
-    p = rows * content[:, None, :]
+    """rows [batch, ..., head, key] renormalised over content keys (content [batch, key] bool)."""
+    p = rows * _keys(content, rows)
     return p / p.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
@@ -30,7 +35,8 @@ def _log_odds(p: torch.Tensor) -> torch.Tensor:
 
 
 def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[str, ...]) -> torch.Tensor:
-    """[batch, head, key] probabilities -> [batch, n_features] for one layer.
+    """[batch, ..., head, key] probabilities -> [batch, ..., n_features]: one layer's features, or
+    each layer's at once from rows stacked as [batch, layer, head, key].
 
     Each feature is mapped to an unbounded scale (log entropy, log-odds of weights and
     similarities), where a collapse to ~0 entropy or ~1 weight lies far out, not at a wall.
@@ -46,12 +52,13 @@ def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[st
     if "max" in families:
         out.append(_log_odds(p.max(-1).values))
     if "sink" in families:
-        out.append(_log_odds(1 - (rows * content[:, None, :]).sum(-1)))  # mass on the excluded keys
+        out.append(_log_odds(1 - (rows * _keys(content, rows)).sum(-1)))  # mass on the excluded keys
     if "cosine" in families:
         unit = p / p.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        gram = unit @ unit.transpose(1, 2)  # [batch, head, head]
-        i, j = torch.triu_indices(p.shape[1], p.shape[1], offset=1, device=p.device)
-        out.append(_log_odds(gram[:, i, j]))
+        gram = unit @ unit.transpose(-1, -2)  # [batch, ..., head, head]
+        n = p.shape[-2]
+        i, j = torch.triu_indices(n, n, offset=1, device=p.device)
+        out.append(_log_odds(gram[..., i, j]))
     return torch.cat(out, dim=-1)
 
 

@@ -43,10 +43,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def _softmax_row(scores: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """scores [batch, head, key], key_mask [batch, key] (True = attendable) -> probabilities."""
-    scores = scores.float().masked_fill(~key_mask[:, None, :], float("-inf"))
-    return torch.softmax(scores, dim=-1)
+def softmax_rows(scores: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """scores [batch, ..., key], key_mask [batch, key] (True = attendable) -> probabilities."""
+    key_mask = key_mask.view(key_mask.shape[0], *([1] * (scores.ndim - 2)), key_mask.shape[-1])
+    return torch.softmax(scores.float().masked_fill(~key_mask, float("-inf")), dim=-1)
 
 
 class Adapter:
@@ -100,9 +100,10 @@ class Adapter:
         """The keys [..., kv_head * d] within the key projection's output."""
         return output
 
-    def query_row(self, module: nn.Module, q: torch.Tensor, k: torch.Tensor, args: tuple, kwargs: dict,
-                  query: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """Attention probabilities of the query positions over all keys: [batch, head, key].
+    def query_scores(self, module: nn.Module, q: torch.Tensor, k: torch.Tensor, args: tuple, kwargs: dict,
+                     query: torch.Tensor) -> torch.Tensor:
+        """Attention logits of the query positions over all keys: [batch, head, key] (`softmax_rows`
+        turns them into the attention probabilities).
 
         `q` [batch, head * d] is the query projection at the query positions, `k` [batch, key,
         kv_head * d] the key projection, `args`/`kwargs` what the attention module was called with.
@@ -138,11 +139,10 @@ class BertAdapter(Adapter):
     def projections(self, module):
         return module.query, module.key
 
-    def query_row(self, module, q, k, args, kwargs, query, key_mask):
+    def query_scores(self, module, q, k, args, kwargs, query):
         b, t, _ = k.shape
         d = module.attention_head_size
-        scores = torch.einsum("bhd,bthd->bht", q.view(b, -1, d), k.view(b, t, -1, d)) * module.scaling
-        return _softmax_row(scores, key_mask)
+        return torch.einsum("bhd,bthd->bht", q.view(b, -1, d), k.view(b, t, -1, d)) * module.scaling
 
 
 class LlamaAdapter(Adapter):
@@ -167,7 +167,7 @@ class LlamaAdapter(Adapter):
     def projections(self, module):
         return module.q_proj, module.k_proj
 
-    def query_row(self, module, q, k, args, kwargs, query, key_mask):
+    def query_scores(self, module, q, k, args, kwargs, query):
         cos, sin = kwargs["position_embeddings"] if "position_embeddings" in kwargs else args[1]
         b, t, _ = k.shape
         d = module.head_dim
@@ -180,8 +180,7 @@ class LlamaAdapter(Adapter):
         # Head h belongs to KV group h // per_group: score each group's queries against its keys
         # without copying the keys once per query head.
         n_kv = k.shape[2]
-        scores = torch.einsum("bkgd,btkd->bkgt", q.view(b, n_kv, -1, d), k).reshape(b, -1, t) * module.scaling
-        return _softmax_row(scores, key_mask)
+        return torch.einsum("bkgd,btkd->bkgt", q.view(b, n_kv, -1, d), k).reshape(b, -1, t) * module.scaling
 
 
 class GPT2Adapter(Adapter):
@@ -212,7 +211,7 @@ class GPT2Adapter(Adapter):
     def key_part(self, output):
         return output[..., self.config.hidden_size : 2 * self.config.hidden_size]
 
-    def query_row(self, module, q, k, args, kwargs, query, key_mask):
+    def query_scores(self, module, q, k, args, kwargs, query):
         b, t, _ = k.shape
         d = module.head_dim
         scores = torch.einsum("bhd,bthd->bht", q.view(b, -1, d), k.view(b, t, -1, d))
@@ -220,7 +219,7 @@ class GPT2Adapter(Adapter):
             scores = scores / (d**0.5)
         if getattr(module, "scale_attn_by_inverse_layer_idx", False):
             scores = scores / float(module.layer_idx + 1)
-        return _softmax_row(scores, key_mask)
+        return scores
 
 
 ADAPTERS: dict[str, type[Adapter]] = {

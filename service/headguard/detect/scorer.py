@@ -73,14 +73,20 @@ class HeadScorer:
         for i, text in enumerate(texts):
             if not text or not text.strip():
                 raise InputError(f"input {i} is empty")
-        batch = self.clf.encode(texts, strict=True)
+        return self.capture_batch(self.clf.encode(texts, strict=True), stop_early)
+
+    @torch.no_grad()
+    def capture_batch(self, batch: dict[str, torch.Tensor], stop_early: bool = True) -> Capture:
+        """`capture` of a batch already made by `clf.encode`."""
         mask = batch["attention_mask"].bool()
         query, content = self.positions(mask)
         # A decoder's logits are needed for the last position only (as in a serving prefill).
         extra = {} if self.is_encoder else {"logits_to_keep": 1}
         with capture_rows(self.adapter, self.layers, query, mask, stop_early=stop_early) as rows:
             self.clf.model(**batch, **extra)
-        feats = torch.cat([layer_features(rows[layer], content, self.families) for layer in self.layers], dim=-1)
+        # All layers at once, in feature_names() order (layer-major).
+        feats = layer_features(torch.stack([rows[layer] for layer in self.layers], 1), content, self.families)
+        feats = feats.flatten(1)
         lengths = content.sum(-1).cpu().numpy().astype(np.float64)
         return Capture(feats.cpu().numpy().astype(np.float64), lengths, rows, mask, content, batch["input_ids"])
 
