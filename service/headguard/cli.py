@@ -97,8 +97,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise InputError(f"cannot write --out {args.out}: {exc.strerror or exc}") from None
     clf = Classifier.from_folder(args.model, get_settings().resolved_device())
     cal = calibrate(clf, prompts, target_fpr=args.target_fpr, layers=_parse_layers(args.layers),
-                    families=tuple(args.families.split(",")), method=args.method, n_components=args.components,
-                    length_adjust=args.length_adjust)
+                    families=tuple(args.families.split(",")) if args.families else None, method=args.method,
+                    n_components=args.components, length_adjust=args.length_adjust, top_k=args.top_k)
     cal.save(args.out)
     print(json.dumps({"calibration": str(args.out), "model_hash": cal.model_hash, "prompts": cal.n_prompts,
                       "threshold": cal.threshold, "target_fpr": cal.target_fpr}))
@@ -274,9 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompts", type=Path, help="clean prompts, JSONL (default: a lab model's calibration split)")
     c.add_argument("--target-fpr", type=float, default=0.01)
     c.add_argument("--layers", help="layers to read, e.g. '10-19' (default: all)")
-    c.add_argument("--families", default="row_entropy",
-                   help="comma-separated feature families: row_entropy,entropy,max,sink,cosine")
-    c.add_argument("--length-adjust", action="store_true", help="regress features on log input length first")
+    c.add_argument("--families", help="comma-separated feature families: row_entropy,entropy,max,sink,cosine "
+                   "(default by model kind: row_entropy for an encoder, entropy for a decoder)")
+    c.add_argument("--length-adjust", action=argparse.BooleanOptionalAction, default=None,
+                   help="regress features on log input length first (default: on for an encoder, off for a decoder)")
+    c.add_argument("--top-k", type=int, help="collapse: average the k most collapsed heads "
+                   "(default: 1 for an encoder, 3 for a decoder)")
     c.add_argument("--method", choices=["collapse", "mahalanobis"], default="collapse",
                    help="collapse: the most collapsed head; mahalanobis: PCA + Ledoit-Wolf distance")
     c.add_argument("--components", type=int, default=32, help="PCA dimensions (mahalanobis)")

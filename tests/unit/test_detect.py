@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from headguard.detect.calibration import Calibration
+from headguard.detect.calibration import AnomalyModel, Calibration
 from headguard.detect.detector import Detector, calibrate
 from headguard.detect.features import FAMILIES, feature_names
 from headguard.detect.scorer import HeadScorer
@@ -40,6 +40,28 @@ def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
     assert again.model_hash == cal.model_hash and again.threshold == cal.threshold
     detector = Detector(tiny_encoder, again)
     np.testing.assert_allclose(detector.scores(PROMPTS[:5]), Detector(tiny_encoder, cal).scores(PROMPTS[:5]))
+
+
+@pytest.mark.parametrize(("fixture", "families", "top_k", "adjusted"),
+                         [("tiny_encoder", ["row_entropy"], 1, True), ("tiny_decoder", ["entropy"], 3, False)])
+def test_calibration_takes_the_defaults_of_the_model_kind(fixture, families, top_k, adjusted, request, tmp_path):
+    cal = calibrate(request.getfixturevalue(fixture), PROMPTS)
+    assert (cal.families, cal.anomaly.top_k, cal.anomaly.length_adjusted) == (families, top_k, adjusted)
+    cal.save(tmp_path / "cal.safetensors")
+    again = Calibration.load(tmp_path / "cal.safetensors")
+    assert (again.families, again.anomaly.top_k, again.anomaly.length_adjusted) == (families, top_k, adjusted)
+
+
+def test_collapse_score_is_the_mean_of_the_k_most_collapsed_heads():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6))
+    direction = np.array([1.0, -1, 1, -1, 1, -1])
+    model = AnomalyModel.fit(x, np.ones(50), direction, top_k=2)
+    probe = rng.normal(size=(3, 6))
+    z = model.standardise(probe, np.ones(3)) * direction
+    np.testing.assert_allclose(model.score(probe, np.ones(3)), np.sort(z, 1)[:, -2:].mean(1))
+    with pytest.raises(InputError, match="top_k"):
+        AnomalyModel.fit(x, np.ones(50), direction, top_k=7)
 
 
 def test_scan_explains_with_heads_and_tokens(tiny_decoder):

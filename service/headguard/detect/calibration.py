@@ -4,8 +4,9 @@ Every feature is standardised over the clean prompts, optionally after removing 
 log input length (off by default: extrapolated to inputs far longer than the calibration prompts,
 the fit raised false positives more than it removed; docs/METHOD.md). Then:
 
-- `collapse` (default): the score is the largest standardised deviation, in the collapse
-  direction, over all heads: "the most collapsed head, in clean standard deviations".
+- `collapse` (default): the score is the mean of the `top_k` largest standardised deviations, in
+  the collapse direction, over all heads: "how many clean standard deviations the k most
+  collapsed heads are past their normal" (k = 1: the single most collapsed head).
 - `mahalanobis`: Mahalanobis distance in a PCA subspace (32 dims, as in the paper) under a
   Ledoit-Wolf shrunk covariance. It dilutes a few strongly collapsed heads among hundreds of
   quiet features (docs/METHOD.md), and is kept for the ablation.
@@ -29,7 +30,7 @@ from sklearn.model_selection import KFold
 
 from headguard.errors import InputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: top_k
 
 
 def _design(lengths: np.ndarray) -> np.ndarray:
@@ -50,19 +51,23 @@ class AnomalyModel:
     components: np.ndarray = field(default_factory=lambda: _EMPTY)  # [dim, feature] (mahalanobis)
     center: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [dim]
     precision: np.ndarray = field(default_factory=lambda: _EMPTY)  # [dim, dim]
+    top_k: int = 1  # collapse: heads averaged into the score
 
     @classmethod
     def fit(cls, x: np.ndarray, lengths: np.ndarray, direction: np.ndarray, method: str = "collapse",
-            n_components: int = 32, length_adjust: bool = False) -> AnomalyModel:
+            n_components: int = 32, length_adjust: bool = False, top_k: int = 1) -> AnomalyModel:
         if method not in METHODS:
             raise InputError(f"unknown scoring method {method!r}; choose from {', '.join(METHODS)}")
+        if not 1 <= top_k <= x.shape[1]:
+            raise InputError(f"top_k must be in 1..{x.shape[1]} (the number of features), got {top_k}")
         if length_adjust:
             coef, *_ = np.linalg.lstsq(_design(lengths), x, rcond=None)
         else:
             coef = np.zeros((2, x.shape[1]))
         r = x - _design(lengths) @ coef
         # The median centres robustly: a few odd clean prompts must not shift every head's normal.
-        model = cls(method, coef, np.median(r, 0), r.std(0) + 1e-6, np.asarray(direction, dtype=np.float64))
+        model = cls(method, coef, np.median(r, 0), r.std(0) + 1e-6, np.asarray(direction, dtype=np.float64),
+                    top_k=top_k)
         if method == "mahalanobis":
             z = model.standardise(x, lengths)
             dim = max(1, min(n_components, z.shape[0] - 1, z.shape[1]))
@@ -74,13 +79,20 @@ class AnomalyModel:
             model.precision = lw.precision_
         return model
 
+    @property
+    def length_adjusted(self) -> bool:
+        return bool(np.any(self.length_coef))
+
     def standardise(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return (x - _design(lengths) @ self.length_coef - self.mean) / self.scale
 
     def score(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         z = self.standardise(x, lengths)
         if self.method == "collapse":
-            return (z * self.direction).max(1)
+            collapse = z * self.direction
+            if self.top_k == 1:
+                return collapse.max(1)
+            return -np.partition(-collapse, self.top_k - 1, axis=1)[:, : self.top_k].mean(1)
         d = z @ self.components.T - self.center
         return np.sqrt(np.einsum("nd,de,ne->n", d, self.precision, d))
 
@@ -103,7 +115,8 @@ class Calibration:
     @classmethod
     def fit(cls, features: np.ndarray, lengths: np.ndarray, direction: np.ndarray, *, model_hash: str,
             layers: list[int], families: list[str], method: str = "collapse", target_fpr: float = 0.01,
-            n_components: int = 32, length_adjust: bool = False, folds: int = 5, seed: int = 0) -> Calibration:
+            n_components: int = 32, length_adjust: bool = False, top_k: int = 1, folds: int = 5,
+            seed: int = 0) -> Calibration:
         if not 0 < target_fpr < 0.5:
             raise InputError(f"target FPR must be in (0, 0.5), got {target_fpr}")
         if len(features) < 2 * folds:
@@ -111,11 +124,12 @@ class Calibration:
         oof = np.empty(len(features))
         for fit_idx, held_idx in KFold(folds, shuffle=True, random_state=seed).split(features):
             model = AnomalyModel.fit(features[fit_idx], lengths[fit_idx], direction, method, n_components,
-                                     length_adjust)
+                                     length_adjust, top_k)
             oof[held_idx] = model.score(features[held_idx], lengths[held_idx])
         return cls(model_hash=model_hash, layers=list(layers), families=list(families), target_fpr=target_fpr,
                    threshold=float(np.quantile(oof, 1 - target_fpr)),
-                   anomaly=AnomalyModel.fit(features, lengths, direction, method, n_components, length_adjust),
+                   anomaly=AnomalyModel.fit(features, lengths, direction, method, n_components, length_adjust,
+                                            top_k),
                    clean_scores=oof,
                    n_prompts=len(features))
 
@@ -124,7 +138,7 @@ class Calibration:
 
     def save(self, path: Path) -> None:
         meta = {"format": "headguard-calibration", "version": str(self.version), "model_hash": self.model_hash,
-                "method": self.anomaly.method,
+                "method": self.anomaly.method, "top_k": str(self.anomaly.top_k),
                 "layers": json.dumps(self.layers), "families": json.dumps(self.families),
                 "target_fpr": repr(self.target_fpr), "threshold": repr(self.threshold),
                 "n_prompts": str(self.n_prompts), "created": self.created}
@@ -155,7 +169,7 @@ class Calibration:
         if int(meta["version"]) > FORMAT_VERSION:
             raise InputError(f"{path} has calibration format {meta['version']}; this headguard reads {FORMAT_VERSION}")
         fields = ("length_coef", "mean", "scale", "direction", "components", "center", "precision")
-        anomaly = AnomalyModel(meta["method"], *(tensors[k] for k in fields))
+        anomaly = AnomalyModel(meta["method"], *(tensors[k] for k in fields), top_k=int(meta.get("top_k", "1")))
         return cls(model_hash=meta["model_hash"], layers=json.loads(meta["layers"]),
                    families=json.loads(meta["families"]), target_fpr=float(meta["target_fpr"]),
                    threshold=float(meta["threshold"]), anomaly=anomaly, clean_scores=tensors["clean_scores"],

@@ -8,12 +8,11 @@ import numpy as np
 import torch
 
 from headguard.detect.capture import capture_rows
+from headguard.detect.defaults import score_defaults
 from headguard.detect.features import FAMILIES, layer_features
 from headguard.detect.heads import adapter_for
 from headguard.errors import InputError
 from headguard.models.classifier import Classifier
-
-DEFAULT_FAMILIES = ("row_entropy",)
 
 
 @dataclass
@@ -36,12 +35,14 @@ class HeadScorer:
     """
 
     def __init__(self, clf: Classifier, layers: list[int] | None = None,
-                 families: tuple[str, ...] = DEFAULT_FAMILIES, batch_size: int = 32):
+                 families: tuple[str, ...] | None = None, batch_size: int = 32):
         self.clf = clf
         self.adapter = adapter_for(clf.model)
         self.layers = sorted(layers) if layers is not None else list(range(self.adapter.n_layers))
         if not self.layers or self.layers[0] < 0 or self.layers[-1] >= self.adapter.n_layers:
             raise InputError(f"layers must lie in 0..{self.adapter.n_layers - 1}")
+        if families is None:
+            families = score_defaults(clf.task.kind).families
         unknown = set(families) - set(FAMILIES)
         if unknown or not families:
             raise InputError(f"unknown feature families {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
