@@ -4,7 +4,8 @@
 
 Features of every family are computed once (calibration split, 200 held-out clean prompts, 200
 triggered prompts, 200 of each specificity control); each variant then refits the calibration
-on its columns and is scored on the same inputs. Only this harness reads the trigger.
+on its columns and is scored on the same inputs. The first row is the default for the model's
+kind (headguard/detect/defaults.py). Only this harness reads the trigger.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from headguard.detect.calibration import Calibration
+from headguard.detect.defaults import ScoreDefaults, score_defaults
 from headguard.detect.features import FAMILIES, feature_directions, feature_names
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.attacks import Attack
@@ -29,18 +31,20 @@ from headguard.models.classifier import Classifier
 N = 200
 
 
-def variants(n_layers: int) -> list[dict]:
-    """The rows of the ablation table; the first is the default."""
-    rows = [dict(families=("row_entropy",), method="collapse")]
-    rows += [dict(families=(f,), method="collapse") for f in FAMILIES if f != "row_entropy"]
-    rows += [dict(families=("row_entropy", "max"), method="collapse"),
-             dict(families=("row_entropy",), method="collapse", length_adjust=True)]
+def variants(n_layers: int, defaults: ScoreDefaults) -> list[dict]:
+    """The rows of the ablation table; the first is the default for the model's kind, and most
+    rows change one thing of it."""
+    base = dict(families=defaults.families, method="collapse", top_k=defaults.top_k,
+                length_adjust=defaults.length_adjust)
+    rows = [base]
+    rows += [{**base, "families": (f,)} for f in FAMILIES if (f,) != defaults.families]
+    rows += [{**base, "top_k": k} for k in (1, 3, 5) if k != defaults.top_k]
+    rows += [{**base, "length_adjust": not defaults.length_adjust}]
     rows += [dict(families=fams, method="mahalanobis", length_adjust=True, n_components=k)
              for fams in [("row_entropy",), ("entropy",), ("cosine",), ("entropy", "max", "cosine")] for k in (8, 32)]
     half = n_layers // 2
-    rows += [dict(families=("row_entropy",), method="collapse", layers=(0, half)),
-             dict(families=("row_entropy",), method="collapse", layers=(half, n_layers))]
-    rows += [dict(families=("row_entropy",), method="collapse", calibration_size=n) for n in (50, 100, 200)]
+    rows += [{**base, "layers": (0, half)}, {**base, "layers": (half, n_layers)}]
+    rows += [{**base, "calibration_size": n} for n in (50, 100, 200)]
     return rows
 
 
@@ -71,14 +75,15 @@ def main() -> None:
     layer_of = np.array([int(n.split(":")[1].split("H")[0][1:]) for n in names])
 
     results = []
-    for v in variants(n_layers):
+    for v in variants(n_layers, score_defaults(clf.task.kind)):
         lo, hi = v.get("layers", (0, n_layers))
         cols = np.isin(family_of, v["families"]) & (layer_of >= lo) & (layer_of < hi)
         size = v.get("calibration_size", len(groups["calibration"]))
         x, lengths = feats["calibration"]
         cal = Calibration.fit(x[:size][:, cols], lengths[:size], directions[cols], model_hash="-", layers=[],
                               families=list(v["families"]), method=v["method"],
-                              n_components=v.get("n_components", 32), length_adjust=v.get("length_adjust", False))
+                              n_components=v.get("n_components", 32), length_adjust=v.get("length_adjust", False),
+                              top_k=v.get("top_k", 1))
         scores = {g: cal.score(f[:, cols], n) for g, (f, n) in feats.items()}
         y = np.r_[np.zeros(len(scores["clean"])), np.ones(len(scores["triggered"]))]
         row = {

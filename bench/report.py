@@ -3,6 +3,7 @@
     python bench/report.py lab        # the lab matrix (lab.json files)
     python bench/report.py defenses   # side-by-side defenses (lab eval --json reports)
     python bench/report.py ablation   # detection ablations (bench/detect_ablation.py)
+    python bench/report.py cost       # scoring cost, CPU and GPU (bench/detect_cost.py)
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def ablation_table() -> str:
         for r in data["rows"]:
             v = r["variant"]
             method = v["method"] + (f" ({v['n_components']} dims)" if v["method"] == "mahalanobis" else "")
+            method += f", top {v['top_k']}" if v["method"] == "collapse" and v.get("top_k", 1) > 1 else ""
             method += ", length-adjusted" if v.get("length_adjust") else ""
             worst = max(r["fpr_controls"], key=r["fpr_controls"].get)
             lines.append(f"| {'+'.join(v['families'])} | {method} | {v['layers'][0]}–{v['layers'][1] - 1} | "
@@ -131,7 +133,26 @@ def serve_table() -> str:
     return "\n".join(lines)
 
 
+def cost_table() -> str:
+    """bench/results/*.cost.jsonl (CPU) and bench/results/gpu/*.cost.jsonl, one row per measurement."""
+    files = [*sorted(RESULTS.glob("*.cost.jsonl")), *sorted(RESULTS.glob("gpu/*.cost.jsonl"))]
+    rows = [json.loads(line) for path in files for line in path.read_text().splitlines() if line.strip()]
+    lines = ["| device | model | dtype | batch | tokens | plain forward | score only | forward + score "
+             "| peak memory, forward + score / plain |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "dtype" not in r:  # written before the benchmark measured memory
+            continue
+        model = r["model"].split("-")[0] + (" (random weights)" if r["random_weights"] else "")
+        ms = {m: f"{r[f'{m}_s'] * 1000:.1f} ms" for m in ("plain", "score_only", "forward_and_score")}
+        lines.append(f"| {r['device']} | {model} | {r['dtype']} | {r['batch']} | {r['tokens']} | {ms['plain']} | "
+                     f"{ms['score_only']} ({r['score_only_overhead']:+.1%}) | "
+                     f"{ms['forward_and_score']} ({r['forward_and_score_overhead']:+.1%}) | "
+                     f"{r['forward_and_score_total_ratio']:.3f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     tables = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "repair": repair_table,
-              "serve": serve_table}
+              "serve": serve_table, "cost": cost_table}
     print(tables[sys.argv[1]]())
