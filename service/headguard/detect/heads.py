@@ -1,4 +1,4 @@
-"""Head adapters: where each model family keeps its attention modules and how to recompute one row.
+"""Head adapters: where each model family keeps its attention modules and how to read one row.
 
 The guard hooks the model's own query and key projections and, from their outputs, computes the
 attention probabilities of the query position only: one row per head, [batch, head, key]. No
