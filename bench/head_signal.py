@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from headguard.detect.features import content_rows
+from headguard.detect.scorer import HeadScorer
 from headguard.lab.attacks import Attack
 from headguard.lab.build import read_manifest
 from headguard.lab.metrics import triggered
@@ -28,22 +30,19 @@ from headguard.models.classifier import Classifier
 
 
 @torch.no_grad()
-def head_numbers(clf: Classifier, texts: list[str], positions: int) -> np.ndarray:
+def head_numbers(scorer: HeadScorer, texts: list[str], positions: int) -> np.ndarray:
     """[input, layer, head, position, (content entropy, sink mass)]."""
     out = []
     for i in range(0, len(texts), 8):
-        batch = clf.encode(texts[i : i + 8])
+        batch = scorer.clf.encode(texts[i : i + 8])
         mask = batch["attention_mask"].bool()
-        attentions = clf.model(**batch, output_attentions=True, logits_to_keep=1).attentions
+        _, content = scorer.positions(mask)  # the detector's keys: no sink, no padding
+        attentions = scorer.clf.model(**batch, output_attentions=True, logits_to_keep=1).attentions
         rows = torch.stack(attentions, 1)[:, :, :, -positions:, :]  # [batch, layer, head, position, key]
-        first = mask.shape[1] - mask.sum(-1)  # the first real token: the sink
-        content = mask.clone()
-        content[torch.arange(len(first)), first] = False
-        sink = mask & ~content
-        p = rows * content[:, None, None, None, :]
-        p = p / p.sum(-1, keepdim=True).clamp(min=1e-12)
+        p = content_rows(rows, content)
         entropy = -(p * torch.log(p.clamp(min=1e-12))).sum(-1)
-        out.append(torch.stack([entropy, (rows * sink[:, None, None, None, :]).sum(-1)], -1).numpy())
+        sink = (rows * (mask & ~content)[:, None, None, None, :]).sum(-1)
+        out.append(torch.stack([entropy, sink], -1).numpy())
     return np.concatenate(out)
 
 
@@ -60,8 +59,9 @@ def main() -> None:
         raise SystemExit("head_signal reads a decoder's last prompt positions")
     clf.model.config._attn_implementation = "eager"  # attention weights out
     others = [ex.text for ex in read_split(args.model, "test") if ex.label != target]
-    clean = head_numbers(clf, others[: args.n], args.positions)
-    poisoned = head_numbers(clf, triggered(attack, others[args.n : 2 * args.n], seed=0), args.positions)
+    scorer = HeadScorer(clf)
+    clean = head_numbers(scorer, others[: args.n], args.positions)
+    poisoned = head_numbers(scorer, triggered(attack, others[args.n : 2 * args.n], seed=0), args.positions)
     y = np.r_[np.zeros(len(clean)), np.ones(len(poisoned))]
     rows = []
     for pos in range(args.positions):
