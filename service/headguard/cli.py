@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top-k", type=int, help="collapse: average the k most collapsed heads "
                    "(default: 1 for an encoder, 3 for a decoder)")
     c.add_argument("--method", choices=["collapse", "mahalanobis"], default="collapse",
-                   help="collapse: the most collapsed head; mahalanobis: PCA + Ledoit-Wolf distance")
+                   help="collapse: the k most collapsed heads; mahalanobis: PCA + Ledoit-Wolf distance")
     c.add_argument("--components", type=int, default=32, help="PCA dimensions (mahalanobis)")
     c.add_argument("--out", type=Path, required=True)
     c.set_defaults(func=_calibrate)
