@@ -28,7 +28,8 @@ def clean_texts() -> list[str]:
     return [ex.text for ex in splits.calibration + splits.test]
 
 
-def _save_and_calibrate(folder: Path, model, tokenizer, task: Task, prompts: list[str]) -> tuple[Path, Path]:
+def _save_and_calibrate(folder: Path, model, tokenizer, task: Task, prompts: list[str],
+                        *options: str) -> tuple[Path, Path]:
     """Saves a model folder as `headguard serve` loads it, and calibrates it through the CLI."""
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -36,7 +37,7 @@ def _save_and_calibrate(folder: Path, model, tokenizer, task: Task, prompts: lis
     prompt_file = folder.parent / f"{folder.name}.calibration.jsonl"
     prompt_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in prompts))
     calibration = folder.parent / f"{folder.name}.calibration.safetensors"
-    run_cli("calibrate", "--model", str(folder), "--prompts", str(prompt_file), "--out", str(calibration))
+    run_cli("calibrate", "--model", str(folder), "--prompts", str(prompt_file), "--out", str(calibration), *options)
     return folder, calibration
 
 
@@ -50,7 +51,9 @@ def tiny_model(tmp_path_factory, clean_texts) -> tuple[Path, Path]:
                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
                          bos_token_id=tokenizer.cls_token_id)
-    return _save_and_calibrate(folder, LlamaForCausalLM(config), tokenizer, SENTIMENT, clean_texts[:120])
+    # Not the decoder defaults, so that a recalibration that forgot them would show.
+    return _save_and_calibrate(folder, LlamaForCausalLM(config), tokenizer, SENTIMENT, clean_texts[:120],
+                               "--top-k", "2", "--length-adjust")
 
 
 @pytest.fixture(scope="session")

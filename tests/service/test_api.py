@@ -179,12 +179,17 @@ def test_recalibration_through_the_admin_api(client, clean_texts):
     auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
     bad = client.post("/admin/v1/calibration", json={"prompts": clean_texts[:3]}, headers=auth)
     assert bad.status_code == 400 and "prompts" in bad.json()["error"]["message"]
-    before = client.get("/info").json()["policy"]
+    before_info = client.get("/info").json()
+    before = before_info["policy"]
     r = client.post("/admin/v1/calibration", json={"prompts": clean_texts[60:180], "target_fpr": 0.05},
                     headers=auth)
     assert r.status_code == 200, r.text
     after = client.get("/info").json()
     assert after["calibration"]["prompts"] == 120 and after["calibration"]["target_fpr"] == 0.05
+    # What is scored stays as it was (the fixture's calibration is not the decoder defaults).
+    assert (before_info["calibration"]["top_k"], before_info["calibration"]["length_adjusted"]) == (2, True)
+    scored = ("method", "families", "top_k", "length_adjusted")
+    assert {k: after["calibration"][k] for k in scored} == {k: before_info["calibration"][k] for k in scored}
     assert after["policy"]["reject_threshold"] == pytest.approx(r.json()["reject_threshold"])
     assert after["policy"] != before
 
