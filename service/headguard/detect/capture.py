@@ -15,14 +15,20 @@ import torch
 from headguard.detect.heads import Adapter, softmax_rows
 
 
+class Rows(dict):
+    """layer -> [batch, head, key] rows, each a view of `stacked` [batch, layer, head, key] (layers ascending)."""
+
+    stacked: torch.Tensor | None = None
+
+
 class StopForward(Exception):
     """Raised inside the deepest hooked layer to end a score-only forward pass early."""
 
 
 @contextmanager
 def capture_rows(adapter: Adapter, layers: Sequence[int], query: torch.Tensor, key_mask: torch.Tensor,
-                 stop_early: bool = False) -> Iterator[dict[int, torch.Tensor]]:
-    """Yields a dict that fills, during the forward pass, with layer -> [batch, head, key] rows.
+                 stop_early: bool = False) -> Iterator[Rows]:
+    """Yields a `Rows` dict that fills, during the forward pass, with layer -> [batch, head, key] rows.
 
     `query` [batch] is the position whose row is read, `key_mask` [batch, key] the attendable keys.
     Per layer, three hooks: the attention module's call (for its inputs, e.g. rotary angles), its
@@ -30,7 +36,7 @@ def capture_rows(adapter: Adapter, layers: Sequence[int], query: torch.Tensor, k
     are made). The softmax runs once over all layers when the forward pass ends: per-layer work is
     what costs on a GPU, where a small model's forward pass is bound by kernel launches.
     """
-    rows: dict[int, torch.Tensor] = {}
+    rows = Rows()
     scores: dict[int, torch.Tensor] = {}
     modules = adapter.attention_modules()
     deepest = max(layers)
@@ -68,5 +74,5 @@ def capture_rows(adapter: Adapter, layers: Sequence[int], query: torch.Tensor, k
             pass
     if scores:
         done = sorted(scores)
-        stacked = softmax_rows(torch.stack([scores[i] for i in done], dim=1), key_mask)  # [batch, layer, head, key]
-        rows.update(zip(done, stacked.unbind(1), strict=True))
+        rows.stacked = softmax_rows(torch.stack([scores[i] for i in done], dim=1), key_mask)
+        rows.update(zip(done, rows.stacked.unbind(1), strict=True))

@@ -85,9 +85,8 @@ class HeadScorer:
         extra = {} if self.is_encoder else {"logits_to_keep": 1}
         with capture_rows(self.adapter, self.layers, query, mask, stop_early=stop_early) as rows:
             self.clf.model(**batch, **extra)
-        # All layers at once, in feature_names() order (layer-major).
-        feats = layer_features(torch.stack([rows[layer] for layer in self.layers], 1), content, self.families)
-        feats = feats.flatten(1)
+        # All layers at once (self.layers is ascending, as rows.stacked is), in feature_names() order.
+        feats = layer_features(rows.stacked, content, self.families).flatten(1)
         lengths = content.sum(-1).cpu().numpy().astype(np.float64)
         return Capture(feats.cpu().numpy().astype(np.float64), lengths, rows, mask, content, batch["input_ids"])
 
