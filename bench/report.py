@@ -3,6 +3,7 @@
     python bench/report.py lab        # the lab matrix (lab.json files)
     python bench/report.py defenses   # side-by-side defenses (lab eval --json reports)
     python bench/report.py ablation   # detection ablations (bench/detect_ablation.py)
+    python bench/report.py readout    # decoder read positions and statistics (bench/decoder_readout.py)
     python bench/report.py cost       # scoring cost, CPU and GPU (bench/detect_cost.py)
 """
 
@@ -71,6 +72,20 @@ def ablation_table() -> str:
             lines.append(f"| {'+'.join(v['families'])} | {method} | {v['layers'][0]}–{v['layers'][1] - 1} | "
                          f"{v['calibration_size']} | {fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | "
                          f"{fmt(r['fpr_clean'])} | {fmt(r['fpr_controls'][worst])} ({worst}) |")
+    return "\n".join(lines)
+
+
+def readout_table() -> str:
+    lines = []
+    for path in sorted(RESULTS.glob("*.readout.json")):
+        data = json.loads(path.read_text())
+        lines += [f"\n**{data['model']}** ({data['calibration']} calibration prompts, {data['n']} inputs per group)\n",
+                  "| read | AUROC | TPR@1%FPR | FPR clean | FPR controls (rare/typo/rep/code/long) |",
+                  "|---|---|---|---|---|"]
+        for r in data["rows"]:
+            ctrl = "/".join(fmt(r["fpr_controls"][k], 2) for k in ("rare_word", "typos", "repeated", "code", "long"))
+            lines.append(f"| {r['variant']} | {fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | "
+                         f"{fmt(r['fpr_clean'])} | {ctrl} |")
     return "\n".join(lines)
 
 
@@ -153,6 +168,6 @@ def cost_table() -> str:
 
 
 if __name__ == "__main__":
-    tables = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "repair": repair_table,
-              "serve": serve_table, "cost": cost_table}
+    tables = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
+              "repair": repair_table, "serve": serve_table, "cost": cost_table}
     print(tables[sys.argv[1]]())
