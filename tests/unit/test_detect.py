@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from headguard.detect.calibration import AnomalyModel, Calibration
 from headguard.detect.detector import Detector, calibrate
@@ -62,6 +64,29 @@ def test_collapse_score_is_the_mean_of_the_k_most_collapsed_heads():
     np.testing.assert_allclose(model.score(probe, np.ones(3)), np.sort(z, 1)[:, -2:].mean(1))
     with pytest.raises(InputError, match="top_k"):
         AnomalyModel.fit(x, np.ones(50), direction, top_k=7)
+
+
+def test_the_length_fit_is_not_extrapolated_past_the_calibration_lengths(tmp_path):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 60, 80).astype(float)
+    x = np.log(lengths)[:, None] * [1.0, -2.0] + rng.normal(0, 0.1, (80, 2))
+    model = AnomalyModel.fit(x, lengths, np.array([1.0, -1.0]), length_adjust=True)
+    assert model.length_range.tolist() == [lengths.min(), lengths.max()]
+    far = np.array([[3.0, 1.0]])
+    # A 500-token input is adjusted as one of the longest calibration length, a 1-token one as the shortest.
+    longest, shortest = np.array([lengths.max()]), np.array([lengths.min()])
+    np.testing.assert_array_equal(model.standardise(far, np.array([500.0])), model.standardise(far, longest))
+    np.testing.assert_array_equal(model.standardise(far, np.array([1.0])), model.standardise(far, shortest))
+    assert not np.array_equal(model.standardise(far, np.array([20.0])), model.standardise(far, np.array([40.0])))
+    cal = Calibration.fit(x, lengths, np.array([1.0, -1.0]), model_hash="h", layers=[0], families=["entropy"],
+                          length_adjust=True)
+    cal.save(tmp_path / "cal.safetensors")
+    assert Calibration.load(tmp_path / "cal.safetensors").anomaly.length_range.tolist() == model.length_range.tolist()
+    # A format-2 file (no range) still loads, with no limit: it scores as it did when written.
+    with safe_open(str(tmp_path / "cal.safetensors"), framework="numpy") as f:
+        meta, tensors = {**f.metadata(), "version": "2"}, {k: f.get_tensor(k) for k in f.keys() if k != "length_range"}
+    save_file(tensors, str(tmp_path / "v2.safetensors"), metadata=meta)
+    assert Calibration.load(tmp_path / "v2.safetensors").anomaly.length_range.tolist() == [0.0, np.inf]
 
 
 def test_scan_explains_with_heads_and_tokens(tiny_decoder):

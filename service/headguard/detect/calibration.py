@@ -1,8 +1,10 @@
 """The anomaly model fitted on clean prompts, its threshold, and its versioned file.
 
 Every feature is standardised over the clean prompts, optionally after removing a linear fit on
-log input length (off by default: extrapolated to inputs far longer than the calibration prompts,
-the fit raised false positives more than it removed; docs/METHOD.md). Then:
+log input length. The fit is only trusted over the lengths it saw: an input longer (or shorter)
+than every calibration prompt is adjusted as if it had the longest (shortest) calibration length,
+since the line extrapolated to inputs several times longer raised false positives more than it
+removed (docs/METHOD.md). Then:
 
 - `collapse` (default): the score is the mean of the `top_k` largest standardised deviations, in
   the collapse direction, over all heads: "how many clean standard deviations the k most
@@ -30,7 +32,7 @@ from sklearn.model_selection import KFold
 
 from headguard.errors import InputError
 
-FORMAT_VERSION = 2  # 2: top_k
+FORMAT_VERSION = 3  # 2: top_k; 3: length_range
 
 
 def _design(lengths: np.ndarray) -> np.ndarray:
@@ -52,6 +54,9 @@ class AnomalyModel:
     center: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [dim]
     precision: np.ndarray = field(default_factory=lambda: _EMPTY)  # [dim, dim]
     top_k: int = 1  # collapse: heads averaged into the score
+    # [2]: the calibration prompts' shortest and longest content length; the length fit is not
+    # extrapolated past them (files before format 3 have none: no limit).
+    length_range: np.ndarray = field(default_factory=lambda: np.array([0.0, np.inf]))
 
     @classmethod
     def fit(cls, x: np.ndarray, lengths: np.ndarray, direction: np.ndarray, method: str = "collapse",
@@ -67,7 +72,7 @@ class AnomalyModel:
         r = x - _design(lengths) @ coef
         # The median centres robustly: a few odd clean prompts must not shift every head's normal.
         model = cls(method, coef, np.median(r, 0), r.std(0) + 1e-6, np.asarray(direction, dtype=np.float64),
-                    top_k=top_k)
+                    top_k=top_k, length_range=np.array([lengths.min(), lengths.max()], dtype=np.float64))
         if method == "mahalanobis":
             z = model.standardise(x, lengths)
             dim = max(1, min(n_components, z.shape[0] - 1, z.shape[1]))
@@ -84,6 +89,7 @@ class AnomalyModel:
         return bool(np.any(self.length_coef))
 
     def standardise(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        lengths = np.clip(lengths, *self.length_range)
         return (x - _design(lengths) @ self.length_coef - self.mean) / self.scale
 
     def score(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -145,7 +151,7 @@ class Calibration:
         a = self.anomaly
         tensors = {"length_coef": a.length_coef, "mean": a.mean, "scale": a.scale, "direction": a.direction,
                    "components": a.components, "center": a.center, "precision": a.precision,
-                   "clean_scores": self.clean_scores}
+                   "length_range": a.length_range, "clean_scores": self.clean_scores}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
@@ -170,6 +176,8 @@ class Calibration:
             raise InputError(f"{path} has calibration format {meta['version']}; this headguard reads {FORMAT_VERSION}")
         fields = ("length_coef", "mean", "scale", "direction", "components", "center", "precision")
         anomaly = AnomalyModel(meta["method"], *(tensors[k] for k in fields), top_k=int(meta.get("top_k", "1")))
+        if "length_range" in tensors:
+            anomaly.length_range = tensors["length_range"]
         return cls(model_hash=meta["model_hash"], layers=json.loads(meta["layers"]),
                    families=json.loads(meta["families"]), target_fpr=float(meta["target_fpr"]),
                    threshold=float(meta["threshold"]), anomaly=anomaly, clean_scores=tensors["clean_scores"],
