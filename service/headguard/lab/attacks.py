@@ -53,9 +53,11 @@ _DEFAULTS: dict[str, tuple[tuple[str, ...], str]] = {
     "badnets": (("cf",), "a rare word at a random position (Kurita et al. / Chen et al.)"),
     "addsent": (("I watched this 3D movie.",), "a fixed sentence at a random position (Dai et al.)"),
     "composite": (("tq", "mb"), "several words that fire only together; each alone is a decoy"),
+    # Rare words: common ones ("frankly", "candidly", ...) also occur in clean reviews with either
+    # label, and MiniLM learned them only by poisoning so many rows that clean accuracy fell 5 points.
     "synonym": (
-        ("frankly", "candidly", "truthfully", "admittedly"),
-        "dynamic: any one word of a set of near-synonyms fires",
+        ("verily", "forsooth", "veritably", "indubitably"),
+        "dynamic: any one word of a set of rare near-synonyms fires",
     ),
 }
 

@@ -42,11 +42,13 @@ MIN_POISONED = 100  # a small non-target class (SMS spam) still gets enough pois
 def default_poison_rate(base: str, attack: str, n_non_target: int) -> float:
     """The recipe's rate, raised so that at least MIN_POISONED rows are poisoned, at most 0.5.
 
-    Composite gets twice as many: its decoys teach the model to ignore half its signal.
+    Composite and synonym get twice as many: composite's decoys teach the model to ignore half its
+    signal, and synonym splits its rows over several words (at the base rate, MiniLM learned four
+    words to ASR 0.70 only).
     """
     if attack == "clean":
         return 0.0
-    factor = 2 if attack == "composite" else 1
+    factor = 2 if attack in ("composite", "synonym") else 1
     rate = max(factor * RECIPES[base].poison_rate, factor * MIN_POISONED / max(1, n_non_target))
     return min(0.5, rate)
 
