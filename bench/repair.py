@@ -56,7 +56,8 @@ def prepare(model: Path) -> tuple[Path, Path, dict]:
 
 def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | None) -> list[dict]:
     cal, flagged_file, traffic = prepare(model)
-    flagged = read_prompts(flagged_file)
+    # Nothing flagged (a clean model, a trigger the detector misses): repair_files refuses, recorded below.
+    flagged = read_prompts(flagged_file) if traffic["flagged"] else []
     configs: list[tuple[str, RepairConfig]] = []
     if variant == "default":
         configs.append(("default", RepairConfig(steps=steps, seed=seed)))
