@@ -37,6 +37,10 @@ def lab_table() -> str:
     return "\n".join(lines)
 
 
+def controls_cell(fpr_controls: dict) -> str:
+    return "/".join(fmt(fpr_controls[k], 2) for k in ("rare_word", "typos", "repeated", "code", "long"))
+
+
 def defense_table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.eval-*.json"))]
     lines = ["| base | dataset | attack | defense | AUROC | TPR@1%FPR | FPR clean "
@@ -46,7 +50,7 @@ def defense_table() -> str:
         d = r.get("detection")
         if not d:
             continue
-        ctrl = "/".join(fmt(d["fpr_controls"][k], 2) for k in ("rare_word", "typos", "repeated", "code", "long"))
+        ctrl = controls_cell(d["fpr_controls"])
         lines.append(
             f"| {r['base']} | {r['dataset']} | {r['attack']} | {r['defense']} | {fmt(d.get('auroc'))} | "
             f"{fmt(d.get('tpr_at_fpr_1pct'))} | {fmt(d['fpr_clean'])} | {ctrl} | "
@@ -83,9 +87,8 @@ def readout_table() -> str:
                   "| read | AUROC | TPR@1%FPR | FPR clean | FPR controls (rare/typo/rep/code/long) |",
                   "|---|---|---|---|---|"]
         for r in data["rows"]:
-            ctrl = "/".join(fmt(r["fpr_controls"][k], 2) for k in ("rare_word", "typos", "repeated", "code", "long"))
             lines.append(f"| {r['variant']} | {fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | "
-                         f"{fmt(r['fpr_clean'])} | {ctrl} |")
+                         f"{fmt(r['fpr_clean'])} | {controls_cell(r['fpr_controls'])} |")
     return "\n".join(lines)
 
 
