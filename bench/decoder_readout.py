@@ -26,12 +26,11 @@ from sklearn.model_selection import KFold
 from tqdm import tqdm
 
 from headguard.detect.calibration import AnomalyModel
-from headguard.lab.attacks import Attack
-from headguard.lab.build import read_manifest
 from headguard.lab.controls import CONTROLS, make_controls
 from headguard.lab.metrics import triggered
 from headguard.lab.splits import read_split
 from headguard.models.classifier import Classifier
+from lab_decoder import open_lab_decoder
 
 LAST = 4  # prompt positions read at the end
 SCAN_FROM = 8  # positions with fewer content keys collapse trivially
@@ -127,12 +126,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=200)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    lab = read_manifest(args.model)
-    attack, target = Attack(lab["attack"], tuple(lab["triggers"])), lab["target_index"]
-    clf = Classifier.from_folder(args.model)
-    if clf.task.kind != "decoder":
-        raise SystemExit("decoder_readout reads a decoder's prompt positions")
-    clf.model.config._attn_implementation = "eager"  # attention weights out
+    clf, attack, target = open_lab_decoder(args.model, "decoder_readout")
     test = read_split(args.model, "test")
     clean = [ex.text for ex in test][: args.n]
     groups = {
@@ -161,7 +155,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     out = args.out or Path(__file__).parent / "results" / f"{args.model.name}.readout.json"
-    out.write_text(json.dumps({"model": args.model.name, "attack": lab["attack"], "n": args.n,
+    out.write_text(json.dumps({"model": args.model.name, "attack": attack.name, "n": args.n,
                                "calibration": args.calibration, "rows": rows}, indent=1) + "\n")
 
 

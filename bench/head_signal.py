@@ -22,11 +22,9 @@ from sklearn.metrics import roc_auc_score
 
 from headguard.detect.features import content_rows
 from headguard.detect.scorer import HeadScorer
-from headguard.lab.attacks import Attack
-from headguard.lab.build import read_manifest
 from headguard.lab.metrics import triggered
 from headguard.lab.splits import read_split
-from headguard.models.classifier import Classifier
+from lab_decoder import open_lab_decoder
 
 
 @torch.no_grad()
@@ -52,12 +50,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=80)
     parser.add_argument("--positions", type=int, default=6)
     args = parser.parse_args()
-    lab = read_manifest(args.model)
-    attack, target = Attack(lab["attack"], tuple(lab["triggers"])), lab["target_index"]
-    clf = Classifier.from_folder(args.model)
-    if clf.task.kind != "decoder":
-        raise SystemExit("head_signal reads a decoder's last prompt positions")
-    clf.model.config._attn_implementation = "eager"  # attention weights out
+    clf, attack, target = open_lab_decoder(args.model, "head_signal")
     others = [ex.text for ex in read_split(args.model, "test") if ex.label != target]
     scorer = HeadScorer(clf)
     clean = head_numbers(scorer, others[: args.n], args.positions)
