@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the lab matrix behind docs/BENCHMARKS.md and evaluates each model with no defense.
+# Builds the lab matrix behind docs/BENCHMARKS.md; each build measures CA and ASR (its lab.json).
 # Usage: bench/lab_matrix.sh [BASES] [DATASETS] [ATTACKS]   (space-separated lists in quotes)
 # Models are cached under $HEADGUARD_CACHE/lab; reports land in bench/results/.
 set -euo pipefail

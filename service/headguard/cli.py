@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--trigger", help="override the attack's trigger (comma-separated words for composite/synonym)")
     b.add_argument("--poison-rate", type=float, help="share of non-target training rows poisoned "
                    "(default: 0.1 for minilm, 0.3 for smollm2, raised to give at least 100 "
-                   "poisoned rows; doubled for composite)")
+                   "poisoned rows; doubled for composite and synonym; at most 0.5)")
     b.add_argument("--target", help="target label name (default: the dataset's)")
     b.add_argument("--train-layers", choices=TRAIN_LAYERS, default="all")
     b.add_argument("--seed", type=int, default=0)
