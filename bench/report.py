@@ -5,6 +5,8 @@
     python bench/report.py ablation   # detection ablations (bench/detect_ablation.py)
     python bench/report.py readout    # decoder read positions and statistics (bench/decoder_readout.py)
     python bench/report.py cost       # scoring cost, CPU and GPU (bench/detect_cost.py)
+    python bench/report.py repair     # repair runs and their ablations (bench/repair.py)
+    python bench/report.py serve      # the guard service under load (bench/serve_load.py)
 """
 
 from __future__ import annotations
@@ -69,10 +71,17 @@ def ablation_table() -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for r in data["rows"]:
             v = r["variant"]
+            worst = max(r["fpr_controls"], key=r["fpr_controls"].get)
+            if v["method"].startswith("oracle"):
+                single = "single" in v["method"]
+                families, read = ("+".join(v["families"]), "one feature") if single else ("all", "all")
+                lines.append(f"| {families} | {v['method']} | {read} | {v['calibration_size']} | "
+                             f"{fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | {fmt(r['fpr_clean'])} | "
+                             f"{fmt(r['fpr_controls'][worst])} ({worst}) |")
+                continue
             method = v["method"] + (f" ({v['n_components']} dims)" if v["method"] == "mahalanobis" else "")
             method += f", top {v['top_k']}" if v["method"] == "collapse" and v.get("top_k", 1) > 1 else ""
             method += ", length-adjusted" if v.get("length_adjust") else ""
-            worst = max(r["fpr_controls"], key=r["fpr_controls"].get)
             lines.append(f"| {'+'.join(v['families'])} | {method} | {v['layers'][0]}–{v['layers'][1] - 1} | "
                          f"{v['calibration_size']} | {fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | "
                          f"{fmt(r['fpr_clean'])} | {fmt(r['fpr_controls'][worst])} ({worst}) |")
