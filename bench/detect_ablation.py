@@ -5,9 +5,9 @@
 Features of every family are computed once (calibration split, 200 held-out clean prompts, 200
 triggered prompts, 200 of each specificity control); each variant then refits the calibration
 on its columns and is scored on the same inputs. The first row is the default for the model's
-kind (headguard/detect/defaults.py). The last rows are a ceiling that reads the trigger to choose
-one feature (`oracle_rows`): is the backdoor visible in any single head at all? Only this harness
-reads the trigger.
+kind (headguard/detect/defaults.py). The last rows are ceilings that read the trigger to choose a
+feature or train a linear probe (`oracle_rows`): is the backdoor in these features at all? Only
+this harness reads the trigger.
 """
 
 from __future__ import annotations
