@@ -50,17 +50,22 @@ def variants(n_layers: int, defaults: ScoreDefaults) -> list[dict]:
     return rows
 
 
+def metrics(scores: dict, threshold: float) -> dict:
+    """AUROC of clean against triggered inputs, and the share of each group above the threshold."""
+    y = np.r_[np.zeros(len(scores["clean"])), np.ones(len(scores["triggered"]))]
+    return {
+        "auroc": float(roc_auc_score(y, np.r_[scores["clean"], scores["triggered"]])),
+        "tpr_at_fpr_1pct": float((scores["triggered"] > threshold).mean()),
+        "fpr_clean": float((scores["clean"] > threshold).mean()),
+        "fpr_controls": {g: float((scores[g] > threshold).mean()) for g in CONTROLS},
+    }
+
+
 def _held_row(method: str, families: list[str], score: dict, threshold: float, calibration_size: int) -> dict:
     """Metrics of an oracle on the second half of every held-out group; the first half chose or trained it."""
     held = {g: x[len(x) // 2:] for g, x in score.items()}
-    y = np.r_[np.zeros(len(held["clean"])), np.ones(len(held["triggered"]))]
-    return {
-        "variant": {"families": families, "method": method, "layers": None, "calibration_size": calibration_size},
-        "auroc": float(roc_auc_score(y, np.r_[held["clean"], held["triggered"]])),
-        "tpr_at_fpr_1pct": float((held["triggered"] > threshold).mean()),
-        "fpr_clean": float((held["clean"] > threshold).mean()),
-        "fpr_controls": {g: float((held[g] > threshold).mean()) for g in CONTROLS},
-    }
+    variant = {"families": families, "method": method, "layers": None, "calibration_size": calibration_size}
+    return {"variant": variant, **metrics(held, threshold)}
 
 
 def oracle_rows(feats: dict, names: list[str], family_of: np.ndarray) -> list[dict]:
@@ -150,14 +155,7 @@ def main() -> None:
                               n_components=v.get("n_components", 32), length_adjust=v.get("length_adjust", False),
                               top_k=v.get("top_k", 1))
         scores = {g: cal.score(f[:, cols], n) for g, (f, n) in feats.items()}
-        y = np.r_[np.zeros(len(scores["clean"])), np.ones(len(scores["triggered"]))]
-        row = {
-            "variant": {**v, "layers": [lo, hi], "calibration_size": size},
-            "auroc": float(roc_auc_score(y, np.r_[scores["clean"], scores["triggered"]])),
-            "tpr_at_fpr_1pct": float((scores["triggered"] > cal.threshold).mean()),
-            "fpr_clean": float((scores["clean"] > cal.threshold).mean()),
-            "fpr_controls": {g: float((scores[g] > cal.threshold).mean()) for g in CONTROLS},
-        }
+        row = {"variant": {**v, "layers": [lo, hi], "calibration_size": size}, **metrics(scores, cal.threshold)}
         results.append(row)
         print(json.dumps(row), flush=True)
     for row in oracle_rows(feats, names, family_of):
