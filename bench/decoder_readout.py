@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold
 from tqdm import tqdm
 
+from detect_ablation import metrics
 from headguard.detect.calibration import AnomalyModel
-from headguard.lab.controls import CONTROLS, make_controls
+from headguard.lab.controls import make_controls
 from headguard.lab.metrics import triggered
 from headguard.lab.splits import read_split
 from headguard.models.classifier import Classifier
@@ -147,11 +147,7 @@ def main() -> None:
         threshold = oof_threshold(fit, x["calibration"], n["calibration"])
         score = fit(x["calibration"], n["calibration"])
         s = {g: score(x[g], n[g]) for g in groups if g != "calibration"}
-        y = np.r_[np.zeros(len(s["clean"])), np.ones(len(s["triggered"]))]
-        row = {"variant": variant, "auroc": float(roc_auc_score(y, np.r_[s["clean"], s["triggered"]])),
-               "tpr_at_fpr_1pct": float((s["triggered"] > threshold).mean()),
-               "fpr_clean": float((s["clean"] > threshold).mean()),
-               "fpr_controls": {g: float((s[g] > threshold).mean()) for g in CONTROLS}}
+        row = {"variant": variant, **metrics(s, threshold)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     out = args.out or Path(__file__).parent / "results" / f"{args.model.name}.readout.json"
