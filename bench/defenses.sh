@@ -2,7 +2,8 @@
 # Evaluates defenses side by side on built lab models; reports land in bench/results/.
 # Usage: bench/defenses.sh "MODELS" ["DEFENSES"]   e.g. bench/defenses.sh "minilm-movies-badnets-s0" "headguard strip onion"
 # Sizes per defense (held-out inputs per group / calibration prompts) keep ONION, which costs one
-# language-model pass per word of every input, within minutes on a CPU.
+# language-model pass per word of every input, within minutes on a CPU. A clean control model has
+# no triggered group and its false-positive rate is the measurement, so it gets the whole test split.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODELS=$1
@@ -14,7 +15,9 @@ mkdir -p bench/results docs/img
 for name in $MODELS; do
   for defense in $DEFENSES; do
     echo "== $name / $defense"
-    .venv/bin/headguard lab eval --model "$CACHE/lab/$name" --defense "$defense" --limit "${LIMIT[$defense]}" \
+    limit=${LIMIT[$defense]}
+    [[ $name == *-clean-* ]] && limit=600
+    .venv/bin/headguard lab eval --model "$CACHE/lab/$name" --defense "$defense" --limit "$limit" \
       --calibration-size "${CALIBRATION[$defense]}" --json "bench/results/$name.eval-$defense.json" \
       --plot "docs/img/scores-$name-$defense.png" 2>"bench/results/$name.eval-$defense.log"
   done

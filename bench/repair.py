@@ -1,9 +1,12 @@
 """Repair benchmark: traffic -> flagged prompts -> repair -> lab eval, per lab model, variant and seed.
 
     python bench/repair.py MODEL_DIR [MODEL_DIR ...] [--variants default,random,prune,all,single,leave-one-out]
-                           [--seeds 0,1,2] [--steps 80] [--device cpu|cuda] [--results DIR]
+                           [--seeds 0,1,2] [--steps 80] [--target-fpr 0.01] [--device cpu|cuda] [--results DIR]
 
-Writes <results>/<model>.repair-<variant>-s<seed>.json (default bench/results). Variants, each with the same budget:
+Writes <results>/<model>.repair-<variant>-s<seed>.json (default bench/results). `--target-fpr` is the
+detector's operating point for flagging the traffic (and for the repair's neutralisation); at
+another value than the default 1 % the variant's name ends in `-fpr<percent>`. Variants, each with
+the same budget:
   default        the selected heads, trained (the method)
   random         as many randomly chosen heads, trained with the same loss
   prune          the selected heads zeroed, no training
@@ -37,16 +40,21 @@ from headguard.repair.train import RepairConfig
 RESULTS = Path(__file__).parent / "results"
 WORK = Path("/tmp/headguard-bench-repair")
 DEVICE = "cpu"
+TARGET_FPR = 0.01
+
+
+def _suffix() -> str:
+    return "" if TARGET_FPR == 0.01 else f"-fpr{TARGET_FPR * 100:g}"
 
 
 def prepare(model: Path) -> tuple[Path, Path, dict]:
     """Calibration and flagged prompts of one model (cached in WORK)."""
-    work = WORK / model.name
+    work = WORK / f"{model.name}{_suffix()}"
     work.mkdir(parents=True, exist_ok=True)
     cal, flagged = work / "cal.safetensors", work / "flagged.jsonl"
     if not cal.exists():
         clf = Classifier.from_folder(model, DEVICE)
-        calibrate(clf, [ex.text for ex in read_split(model, "calibration")]).save(cal)
+        calibrate(clf, [ex.text for ex in read_split(model, "calibration")], target_fpr=TARGET_FPR).save(cal)
     summary_file = work / "traffic.json"
     if not flagged.exists():
         detector = Detector(Classifier.from_folder(model, DEVICE), Calibration.load(cal))
@@ -82,14 +90,16 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
                     for h in selected]
     out = []
     for name, config in configs:
-        patch_dir = WORK / model.name / f"patch-{name}-s{seed}"
+        name += _suffix()
+        patch_dir = cal.parent / f"patch-{name}-s{seed}"
         started = time.perf_counter()
         try:
             patch = repair_files(model, cal, flagged, None, patch_dir, config, device=DEVICE)
         except InputError as exc:  # e.g. a clean model: nothing flagged can be neutralised; the model is unchanged
             report = evaluate(EvalConfig(model=model), DEVICE)
-            row = {"model": model.name, "variant": name, "seed": seed, "refused": str(exc), "heads": [],
-                   "heads_share": 0.0, "seconds": round(time.perf_counter() - started, 1), "traffic": traffic,
+            row = {"model": model.name, "variant": name, "seed": seed, "target_fpr": TARGET_FPR,
+                   "refused": str(exc), "heads": [], "heads_share": 0.0,
+                   "seconds": round(time.perf_counter() - started, 1), "traffic": traffic,
                    "flagged_match_neutral": {"before": None, "after": None}, "clean_agreement": 1.0,
                    "clean_accuracy": report["clean_accuracy"], "attack_success_rate": report["attack_success_rate"]}
             (RESULTS / f"{model.name}.repair-{name}-s{seed}.json").write_text(json.dumps(row, indent=2) + "\n")
@@ -99,8 +109,8 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
         seconds = time.perf_counter() - started
         report = evaluate(EvalConfig(model=model, patch=patch_dir), DEVICE)
         m = patch.manifest
-        row = {"model": model.name, "variant": name, "seed": seed, "device": DEVICE, "heads": m["heads"],
-               "heads_share": m["heads_share"], "seconds": round(seconds, 1), "traffic": traffic,
+        row = {"model": model.name, "variant": name, "seed": seed, "target_fpr": TARGET_FPR, "device": DEVICE,
+               "heads": m["heads"], "heads_share": m["heads_share"], "seconds": round(seconds, 1), "traffic": traffic,
                "neutralised": m["flagged"]["neutralised"], "widened": m["flagged"]["widened"],
                "removed_words": m["flagged"]["removed_words"][:3],
                "flagged_match_neutral": m["flagged_match_neutral"], "clean_agreement": m["clean_agreement"],
@@ -112,23 +122,24 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
 
 
 def main() -> int:
-    global DEVICE, RESULTS
+    global DEVICE, RESULTS, TARGET_FPR
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--variants", default="default")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--target-fpr", type=float, default=0.01, help="the detector's flagging operating point")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
-    DEVICE, RESULTS = args.device, args.results
+    DEVICE, RESULTS, TARGET_FPR = args.device, args.results, args.target_fpr
     RESULTS.mkdir(parents=True, exist_ok=True)
     for model in args.models:
         selected: list[str] | None = None
         for seed in map(int, args.seeds.split(",")):
             for variant in args.variants.split(","):
                 if variant not in ("default", "no-widen") and selected is None:
-                    default = RESULTS / f"{model.name}.repair-default-s0.json"
+                    default = RESULTS / f"{model.name}.repair-default{_suffix()}-s0.json"
                     if not default.exists():
                         run(model, "default", 0, args.steps, None)
                     selected = json.loads(default.read_text())["heads"]

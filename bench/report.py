@@ -45,16 +45,17 @@ def controls_cell(fpr_controls: dict) -> str:
 
 def defense_table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.eval-*.json"))]
-    lines = ["| base | dataset | attack | defense | AUROC | TPR@1%FPR | FPR clean "
+    lines = ["| base | dataset | attack | defense | inputs clean/triggered | AUROC | TPR@1%FPR | FPR clean "
              "| FPR controls (rare/typo/rep/code/long) | passes/input | s/input | model s/input |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r.get("detection")
         if not d:
             continue
         ctrl = controls_cell(d["fpr_controls"])
+        inputs = f"{d['n_clean']}/{d.get('n_triggered') or '—'}"
         lines.append(
-            f"| {r['base']} | {r['dataset']} | {r['attack']} | {r['defense']} | {fmt(d.get('auroc'))} | "
+            f"| {r['base']} | {r['dataset']} | {r['attack']} | {r['defense']} | {inputs} | {fmt(d.get('auroc'))} | "
             f"{fmt(d.get('tpr_at_fpr_1pct'))} | {fmt(d['fpr_clean'])} | {ctrl} | "
             f"{r['cost']['forward_passes_per_input']:.1f} | {r['cost']['seconds_per_input']:.4f} | "
             f"{r['cost_model']['seconds_per_input']:.4f} |"
