@@ -16,7 +16,7 @@ for name in $MODELS; do
   for defense in $DEFENSES; do
     echo "== $name / $defense"
     limit=${LIMIT[$defense]}
-    [[ $name == *-clean-* ]] && limit=600
+    [[ $name == *-clean-* ]] && limit=$(wc -l < "$CACHE/lab/$name/splits/test.jsonl")
     .venv/bin/headguard lab eval --model "$CACHE/lab/$name" --defense "$defense" --limit "$limit" \
       --calibration-size "${CALIBRATION[$defense]}" --json "bench/results/$name.eval-$defense.json" \
       --plot "docs/img/scores-$name-$defense.png" 2>"bench/results/$name.eval-$defense.log"
