@@ -4,6 +4,7 @@
     python bench/report.py defenses   # side-by-side defenses (lab eval --json reports)
     python bench/report.py ablation   # detection ablations (bench/detect_ablation.py)
     python bench/report.py readout    # decoder read positions and statistics (bench/decoder_readout.py)
+    python bench/report.py mix        # code and long prompts among the calibration prompts (bench/calibration_mix.py)
     python bench/report.py cost       # scoring cost, CPU and GPU (bench/detect_cost.py)
     python bench/report.py repair     # repair runs and their ablations (bench/repair.py)
     python bench/report.py serve      # the guard service under load (bench/serve_load.py)
@@ -102,6 +103,20 @@ def readout_table() -> str:
     return "\n".join(lines)
 
 
+def mix_table() -> str:
+    lines = ["| model | score | calibration prompts | AUROC | TPR@1%FPR | FPR clean "
+             "| FPR controls (rare/typo/rep/code/long) |",
+             "|---|---|---|---|---|---|---|"]
+    for path in sorted(RESULTS.glob("*.calibration-mix*.json")):
+        data = json.loads(path.read_text())
+        for r in data["rows"]:
+            score = f"{'+'.join(r['families'])}, top {r['top_k']}"
+            lines.append(f"| {data['model']} | {score} | {r['calibration']} ({r['n_prompts']}) | "
+                         f"{fmt(r.get('auroc'))} | {fmt(r.get('tpr_at_fpr_1pct'))} | {fmt(r['fpr']['clean'])} | "
+                         f"{controls_cell(r['fpr'])} |")
+    return "\n".join(lines)
+
+
 def repair_table() -> str:
     """One row per repair run; headline rows (default variant) first, mean ± std over their seeds."""
     import statistics
@@ -182,5 +197,5 @@ def cost_table() -> str:
 
 if __name__ == "__main__":
     tables = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
-              "repair": repair_table, "serve": serve_table, "cost": cost_table}
+              "mix": mix_table, "repair": repair_table, "serve": serve_table, "cost": cost_table}
     print(tables[sys.argv[1]]())
