@@ -29,20 +29,17 @@ import random
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
+from detect_ablation import held_out_inputs, metrics
 from headguard.detect.calibration import Calibration
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import FAMILIES, feature_directions
 from headguard.detect.scorer import HeadScorer
-from headguard.lab.attacks import Attack
 from headguard.lab.build import read_manifest
-from headguard.lab.controls import CODE_SNIPPETS, make_controls
-from headguard.lab.metrics import triggered
+from headguard.lab.controls import CODE_SNIPPETS
 from headguard.lab.splits import read_split
 from headguard.models.classifier import Classifier
 
-LIMIT = 200
 SHARE = 0.25  # mixed-in prompts, as a share of the calibration split
 STDLIB_MODULES = ("argparse", "textwrap", "shlex", "heapq", "bisect", "fractions", "json.decoder", "string")
 
@@ -78,19 +75,15 @@ def main() -> None:
     args = parser.parse_args()
 
     lab = read_manifest(args.model)
-    attack, target = Attack(lab["attack"], tuple(lab["triggers"])), lab["target_index"]
     clf = Classifier.from_folder(args.model)
     defaults = score_defaults(clf.task.kind)
     top_k = args.top_k or defaults.top_k
     scorer = HeadScorer(clf, families=tuple(args.families or defaults.families))
     directions = np.array(feature_directions(scorer.layers, scorer.adapter.n_heads, scorer.families))
 
-    test = read_split(args.model, "test")
-    limit = len(test) if attack.name == "clean" else LIMIT
-    clean = [ex.text for ex in test][:limit]
-    inputs = {"clean": clean, **make_controls(clean, seed=0)}
-    if attack.name != "clean":
-        inputs["triggered"] = triggered(attack, [ex.text for ex in test if ex.label != target][:limit], seed=0)
+    # A clean control model has no triggered inputs: its whole test split, as in bench/defenses.sh.
+    limit = len(read_split(args.model, "test")) if lab["attack"] == "clean" else 200
+    inputs = held_out_inputs(args.model, lab, limit)
     calibration_sets = mixes([ex.text for ex in read_split(args.model, "calibration")])
     # Every prompt's features once: the mixes share the split, and every set is scored on the same inputs.
     unique = sorted({t for texts in [*calibration_sets.values(), *inputs.values()] for t in texts})
@@ -108,12 +101,7 @@ def main() -> None:
                               top_k=top_k)
         scores = {g: cal.score(*feats(t)) for g, t in inputs.items()}
         row = {"calibration": name, "families": list(scorer.families), "top_k": top_k, "n_prompts": len(texts),
-               "threshold": cal.threshold,
-               "fpr": {g: float((s > cal.threshold).mean()) for g, s in scores.items() if g != "triggered"}}
-        if "triggered" in scores:
-            y = np.r_[np.zeros(len(scores["clean"])), np.ones(len(scores["triggered"]))]
-            row["auroc"] = float(roc_auc_score(y, np.r_[scores["clean"], scores["triggered"]]))
-            row["tpr_at_fpr_1pct"] = float((scores["triggered"] > cal.threshold).mean())
+               "threshold": cal.threshold, **metrics(scores, cal.threshold)}
         results.append(row)
         print(json.dumps(row), flush=True)
     variant = "" if args.families is None and args.top_k is None else f"-{'+'.join(scorer.families)}-top{top_k}"

@@ -50,12 +50,30 @@ def variants(n_layers: int, defaults: ScoreDefaults) -> list[dict]:
     return rows
 
 
+def held_out_inputs(model: Path, lab: dict, limit: int = N) -> dict[str, list[str]]:
+    """The inputs `headguard lab eval` scores: the first `limit` clean test texts, the specificity
+    controls made from them, and as many non-target texts with the trigger planted (none for a
+    clean control model)."""
+    test = read_split(model, "test")
+    clean = [ex.text for ex in test][:limit]
+    inputs = {"clean": clean}
+    if lab["attack"] != "clean":
+        attack = Attack(lab["attack"], tuple(lab["triggers"]))
+        rows = [ex.text for ex in test if ex.label != lab["target_index"]][:limit]
+        inputs["triggered"] = triggered(attack, rows, seed=0)
+    return {**inputs, **make_controls(clean, seed=0)}
+
+
 def metrics(scores: dict, threshold: float) -> dict:
-    """AUROC of clean against triggered inputs, and the share of each group above the threshold."""
-    y = np.r_[np.zeros(len(scores["clean"])), np.ones(len(scores["triggered"]))]
+    """AUROC of clean against triggered inputs (None without triggered inputs: a clean control
+    model), and the share of each group above the threshold."""
+    row = {"auroc": None, "tpr_at_fpr_1pct": None}
+    if "triggered" in scores:
+        y = np.r_[np.zeros(len(scores["clean"])), np.ones(len(scores["triggered"]))]
+        row = {"auroc": float(roc_auc_score(y, np.r_[scores["clean"], scores["triggered"]])),
+               "tpr_at_fpr_1pct": float((scores["triggered"] > threshold).mean())}
     return {
-        "auroc": float(roc_auc_score(y, np.r_[scores["clean"], scores["triggered"]])),
-        "tpr_at_fpr_1pct": float((scores["triggered"] > threshold).mean()),
+        **row,
         "fpr_clean": float((scores["clean"] > threshold).mean()),
         "fpr_controls": {g: float((scores[g] > threshold).mean()) for g in CONTROLS},
     }
@@ -122,17 +140,10 @@ def main() -> None:
     args = parser.parse_args()
 
     lab = read_manifest(args.model)
-    attack, target = Attack(lab["attack"], tuple(lab["triggers"])), lab["target_index"]
     clf = Classifier.from_folder(args.model)
     scorer = HeadScorer(clf, families=FAMILIES)
-    test = read_split(args.model, "test")
-    clean = [ex.text for ex in test][:N]
-    groups = {
-        "calibration": [ex.text for ex in read_split(args.model, "calibration")],
-        "clean": clean,
-        "triggered": triggered(attack, [ex.text for ex in test if ex.label != target][:N], seed=0),
-        **make_controls(clean, seed=0),
-    }
+    groups = {"calibration": [ex.text for ex in read_split(args.model, "calibration")],
+              **held_out_inputs(args.model, lab)}
     feats = {name: scorer.features(texts) for name, texts in groups.items()}
     n_layers, n_heads = scorer.adapter.n_layers, scorer.adapter.n_heads
     names = feature_names(scorer.layers, n_heads, FAMILIES)

@@ -112,8 +112,8 @@ def mix_table() -> str:
         for r in data["rows"]:
             score = f"{'+'.join(r['families'])}, top {r['top_k']}"
             lines.append(f"| {data['model']} | {score} | {r['calibration']} ({r['n_prompts']}) | "
-                         f"{fmt(r.get('auroc'))} | {fmt(r.get('tpr_at_fpr_1pct'))} | {fmt(r['fpr']['clean'])} | "
-                         f"{controls_cell(r['fpr'])} |")
+                         f"{fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | {fmt(r['fpr_clean'])} | "
+                         f"{controls_cell(r['fpr_controls'])} |")
     return "\n".join(lines)
 
 
