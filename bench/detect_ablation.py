@@ -25,8 +25,8 @@ from headguard.detect.features import FAMILIES, feature_directions, feature_name
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.attacks import Attack
 from headguard.lab.build import read_manifest
-from headguard.lab.controls import CONTROLS, make_controls
-from headguard.lab.metrics import triggered
+from headguard.lab.controls import CONTROLS
+from headguard.lab.evaluate import held_out_inputs as lab_inputs
 from headguard.lab.splits import read_split
 from headguard.models.classifier import Classifier
 
@@ -51,17 +51,9 @@ def variants(n_layers: int, defaults: ScoreDefaults) -> list[dict]:
 
 
 def held_out_inputs(model: Path, lab: dict, limit: int = N) -> dict[str, list[str]]:
-    """The inputs `headguard lab eval` scores: the first `limit` clean test texts, the specificity
-    controls made from them, and as many non-target texts with the trigger planted (none for a
-    clean control model)."""
-    test = read_split(model, "test")
-    clean = [ex.text for ex in test][:limit]
-    inputs = {"clean": clean}
-    if lab["attack"] != "clean":
-        attack = Attack(lab["attack"], tuple(lab["triggers"]))
-        rows = [ex.text for ex in test if ex.label != lab["target_index"]][:limit]
-        inputs["triggered"] = triggered(attack, rows, seed=0)
-    return {**inputs, **make_controls(clean, seed=0)}
+    """The inputs `headguard lab eval` scores (clean, triggered, controls) for a lab model."""
+    attack = Attack(lab["attack"], tuple(lab["triggers"]))
+    return lab_inputs(read_split(model, "test"), attack, lab["target_index"], limit)
 
 
 def metrics(scores: dict, threshold: float) -> dict:

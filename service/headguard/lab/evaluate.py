@@ -49,6 +49,18 @@ def _plain_seconds_per_input(clf: Classifier, texts: list[str]) -> float:
     return (time.perf_counter() - started) / max(1, len(texts))
 
 
+def held_out_inputs(test: list, attack: Attack, target: int, limit: int, seed: int = 0) -> dict[str, list[str]]:
+    """What a defense is scored on: the first `limit` clean test texts, as many non-target texts
+    with the trigger planted (so that the trigger means a label flip; none for a clean control
+    model), and the specificity controls made from the clean texts."""
+    clean = [ex.text for ex in test][:limit]
+    inputs = {"clean": clean}
+    if attack.name != "clean":
+        rows = [ex.text for ex in test if ex.label != target][:limit]
+        inputs["triggered"] = triggered(attack, rows, seed)
+    return {**inputs, **make_controls(clean, seed)}
+
+
 def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
     if config.defense not in DEFENSES:
         raise InputError(f"unknown defense {config.defense!r}; choose from {', '.join(DEFENSES)}")
@@ -83,7 +95,8 @@ def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
                                              "mode": patch.manifest["mode"]},
         **attack_metrics(clf, test, attack, target, seed=config.seed),
     }
-    clean_texts = [ex.text for ex in test][: config.limit]
+    controls = held_out_inputs(test, attack, target, config.limit, config.seed)
+    clean_texts, poisoned = controls.pop("clean"), controls.pop("triggered", [])
     report["cost_model"] = {"seconds_per_input": _plain_seconds_per_input(clf, clean_texts)}
     factory = DEFENSES[config.defense]
     if factory is None:
@@ -94,9 +107,6 @@ def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
     threshold = defense.calibrate(clf, calibration[: config.calibration_size], TARGET_FPR)
     calibration_seconds = time.perf_counter() - started
 
-    # Triggered inputs: non-target test rows, so that the trigger means a label flip.
-    attack_rows = [ex.text for ex in test if ex.label != target][: config.limit]
-    poisoned = triggered(attack, attack_rows, config.seed) if attack.name != "clean" else []
     clean_scores, clean_seconds = _timed_scores(defense, clean_texts)
     passes_clean = defense.forward_passes
     detection: dict = {"threshold": threshold, "target_fpr": TARGET_FPR, "n_clean": len(clean_texts),
@@ -111,7 +121,6 @@ def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
         )
     else:
         poison_scores = np.zeros(0)
-    controls = make_controls(clean_texts, config.seed)
     detection["fpr_controls"] = {
         name: float((defense.score(texts) > threshold).mean()) for name, texts in controls.items()
     }
