@@ -14,11 +14,12 @@ from report import (
     readout_table,
     repair_table,
     serve_table,
+    sweep_table,
 )
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
-          "mix": mix_table, "repair": repair_table, "serve": serve_table, "cost": cost_table}
+          "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "serve": serve_table, "cost": cost_table}
 
 text = DOC.read_text()
 for name, render in TABLES.items():

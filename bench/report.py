@@ -3,8 +3,9 @@
     python bench/report.py lab        # the lab matrix (lab.json files)
     python bench/report.py defenses   # side-by-side defenses (lab eval --json reports)
     python bench/report.py ablation   # detection ablations (bench/detect_ablation.py)
-    python bench/report.py readout    # decoder read positions and statistics (bench/decoder_readout.py)
+    python bench/report.py readout    # reading beyond the score's row (bench/decoder_readout.py, encoder_readout.py)
     python bench/report.py mix        # code and long prompts among the calibration prompts (bench/calibration_mix.py)
+    python bench/report.py sweep      # a grid of scoring settings per model (bench/score_sweep.py)
     python bench/report.py cost       # scoring cost, CPU and GPU (bench/detect_cost.py)
     python bench/report.py repair     # repair runs and their ablations (bench/repair.py)
     python bench/report.py serve      # the guard service under load (bench/serve_load.py)
@@ -98,6 +99,9 @@ def readout_table() -> str:
                   "| read | AUROC | TPR@1%FPR | FPR clean | FPR controls (rare/typo/rep/code/long) |",
                   "|---|---|---|---|---|"]
         for r in data["rows"]:
+            if "fpr_controls" not in r:  # an oracle row: how far the best single head separates
+                lines.append(f"| {r['variant']} | {fmt(r['auroc'])} | — | — | — |")
+                continue
             lines.append(f"| {r['variant']} | {fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | "
                          f"{fmt(r['fpr_clean'])} | {controls_cell(r['fpr_controls'])} |")
     return "\n".join(lines)
@@ -114,6 +118,40 @@ def mix_table() -> str:
             lines.append(f"| {data['model']} | {score} | {r['calibration']} ({r['n_prompts']}) | "
                          f"{fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | {fmt(r['fpr_clean'])} | "
                          f"{controls_cell(r['fpr_controls'])} |")
+    return "\n".join(lines)
+
+
+def _setting(r: dict) -> str:
+    top = f" top {r['top_k']}" if r["top_k"] else ""
+    return (f"{'+'.join(r['families'])}, {r['aggregation']}{top}"
+            f"{', length-adjusted' if r['length_adjust'] else ''}, {r['calibration']}")
+
+
+def sweep_table() -> str:
+    """Per model: the default setting, and the best settings that keep clean and every control <= 2 %."""
+    defaults = {"encoder": (["row_entropy"], 1, True), "decoder": (["entropy"], 3, False)}
+    lines = ["| model | which | setting | AUROC | TPR@1%FPR | FPR clean | FPR controls (rare/typo/rep/code/long) |",
+             "|---|---|---|---|---|---|---|"]
+    for path in sorted(RESULTS.glob("*.sweep.json")):
+        data = json.loads(path.read_text())
+        rows = [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
+        families, k, length_adjust = defaults[data["kind"]]
+        default = next(r for r in rows if r["families"] == families and r["aggregation"] == "collapse"
+                       and r["top_k"] == k and r["length_adjust"] == length_adjust and r["calibration"] == "split")
+        specific = [r for r in rows if max(r["fpr_clean"], *r["fpr_controls"].values()) <= 0.02]
+        split = [r for r in specific if r["calibration"] == "split"]
+        picks = [("default", default)]
+        for label, pool in (("best TPR, split", split), ("best TPR, any calibration set", specific),
+                            ("best AUROC, split", split)):
+            key = (lambda r: (r["tpr_at_fpr_1pct"] or 0, r["auroc"] or 0)) if "TPR" in label else \
+                  (lambda r: r["auroc"] or 0)
+            picks.append((label, max(pool, key=key) if pool else None))
+        for label, r in picks:
+            if r is None:
+                lines.append(f"| {data['model']} | {label} | none keeps every control ≤ 2 % | | | | |")
+                continue
+            lines.append(f"| {data['model']} | {label} | {_setting(r)} | {fmt(r['auroc'])} | "
+                         f"{fmt(r['tpr_at_fpr_1pct'])} | {fmt(r['fpr_clean'])} | {controls_cell(r['fpr_controls'])} |")
     return "\n".join(lines)
 
 
@@ -197,5 +235,5 @@ def cost_table() -> str:
 
 if __name__ == "__main__":
     tables = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
-              "mix": mix_table, "repair": repair_table, "serve": serve_table, "cost": cost_table}
+              "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "serve": serve_table, "cost": cost_table}
     print(tables[sys.argv[1]]())

@@ -1,0 +1,127 @@
+"""A grid of scoring settings on one lab model: which feature, aggregation and calibration set?
+
+    .venv/bin/python bench/score_sweep.py MODEL_DIR
+
+Features of every family (docs/METHOD.md §2) are computed once for the calibration split, its
+`+code`/`+long` mixes (bench/calibration_mix.py) and the inputs `headguard lab eval` scores
+(cached in $HEADGUARD_CACHE/bench/<model>.features.npz). Every setting of the grid is then fitted
+on a calibration set and thresholded at the 99th percentile of its out-of-fold scores, as
+`headguard calibrate` does:
+
+- families: each alone, and a few combinations;
+- aggregation: mean of the top k standardised deviations in the collapse direction (k = 1, 3, 5;
+  the detector's `collapse` score), the same in either direction (`two-sided`), or the mean
+  squared z over every feature, clipped at 4 (`mean z²`: many heads moving a little at once);
+- length adjustment off or on;
+- calibration set: split, +code, +long, +code+long.
+
+It reads the trigger to build the triggered group, so it is a harness tool.
+Writes bench/results/<model>.sweep.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import KFold
+from tqdm import tqdm
+
+from calibration_mix import mixes
+from detect_ablation import held_out_inputs, metrics
+from headguard.detect.calibration import AnomalyModel
+from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names
+from headguard.detect.scorer import HeadScorer
+from headguard.lab.build import read_manifest
+from headguard.lab.splits import read_split
+from headguard.models.classifier import Classifier
+from headguard.models.task import Task
+
+FAMILY_SETS = [("row_entropy",), ("entropy",), ("max",), ("sink",), ("cosine",), ("entropy", "sink"),
+               ("row_entropy", "entropy"), ("entropy", "max", "sink"), FAMILIES]
+AGGREGATIONS = [("collapse", 1), ("collapse", 3), ("collapse", 5), ("two-sided", 1), ("two-sided", 3),
+                ("two-sided", 5), ("mean z²", 0)]
+CALIBRATIONS = ("split", "+code", "+long", "+code+long")
+
+
+def cached_features(model: Path, groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Every family's features of every group's texts (one forward pass per distinct text)."""
+    cache = Path(os.environ.get("HEADGUARD_CACHE", Path.home() / ".cache" / "headguard")) / "bench"
+    path = cache / f"{model.name}.features.npz"
+    if not path.exists():
+        scorer = HeadScorer(Classifier.from_folder(model), families=FAMILIES)
+        unique = sorted({t for texts in groups.values() for t in texts})
+        x, n = scorer.features(unique)
+        index = {t: i for i, t in enumerate(unique)}
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(path, x=x, n=n, names=np.array(feature_names(scorer.layers, scorer.adapter.n_heads, FAMILIES)),
+                 **{f"idx_{g}": np.array([index[t] for t in texts]) for g, texts in groups.items()})
+    return dict(np.load(path))
+
+
+def fit_score(x: np.ndarray, lengths: np.ndarray, direction: np.ndarray, aggregation: str, k: int,
+              length_adjust: bool):
+    model = AnomalyModel.fit(x, lengths, direction, length_adjust=length_adjust)
+
+    def score(y: np.ndarray, n: np.ndarray) -> np.ndarray:
+        z = model.standardise(y, n)
+        if aggregation == "mean z²":
+            return (np.clip(np.abs(z), 0, 4) ** 2).mean(1)
+        z = np.abs(z) if aggregation == "two-sided" else z * direction
+        return -np.partition(-z, k - 1, axis=1)[:, :k].mean(1)
+    return score
+
+
+COLUMNS = ["families", "aggregation", "top_k", "length_adjust", "calibration", "auroc", "tpr_at_fpr_1pct",
+           "fpr_clean", "fpr_controls"]
+
+
+def as_row(setting: dict) -> list:
+    """One setting as a list in COLUMNS order, floats to 4 digits: the results file stays small."""
+    def rounded(value):
+        if isinstance(value, float):
+            return round(value, 4)
+        return {k: rounded(v) for k, v in value.items()} if isinstance(value, dict) else value
+    return [rounded(setting[c]) for c in COLUMNS]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model", type=Path)
+    args = parser.parse_args()
+    lab = read_manifest(args.model)
+    kind = Task.load(args.model).kind
+    limit = len(read_split(args.model, "test")) if lab["attack"] == "clean" else 200
+    inputs = held_out_inputs(args.model, lab, limit)
+    calibration = mixes([ex.text for ex in read_split(args.model, "calibration")])
+    data = cached_features(args.model, {**{f"calibration {c}": t for c, t in calibration.items()}, **inputs})
+    x, n = data["x"], data["n"]
+    family = np.array([name.split(":")[0].replace("cos", "cosine") for name in data["names"]])
+    direction = np.array([COLLAPSE_DIRECTION[name.split(":")[0]] for name in data["names"]])
+
+    rows = []
+    grid = list(itertools.product(FAMILY_SETS, AGGREGATIONS, (False, True), CALIBRATIONS))
+    for families, (aggregation, k), length_adjust, cal in tqdm(grid, desc="settings"):
+        cols = np.isin(family, families)
+        rows_cal = data[f"idx_calibration {cal}"]
+        xc, nc, d = x[rows_cal][:, cols], n[rows_cal], direction[cols]
+        oof = np.empty(len(xc))
+        for fit_idx, held in KFold(5, shuffle=True, random_state=0).split(xc):
+            oof[held] = fit_score(xc[fit_idx], nc[fit_idx], d, aggregation, k, length_adjust)(xc[held], nc[held])
+        threshold = float(np.quantile(oof, 0.99))
+        score = fit_score(xc, nc, d, aggregation, k, length_adjust)
+        scores = {g: score(x[data[f"idx_{g}"]][:, cols], n[data[f"idx_{g}"]]) for g in inputs}
+        rows.append({"families": list(families), "aggregation": aggregation, "top_k": k or None,
+                     "length_adjust": length_adjust, "calibration": cal, **metrics(scores, threshold)})
+    out = Path(__file__).parent / "results" / f"{args.model.name}.sweep.json"
+    head = json.dumps({"model": args.model.name, "attack": lab["attack"], "kind": kind,
+                       "inputs": {g: len(t) for g, t in inputs.items()}, "columns": COLUMNS})
+    out.write_text(head[:-1] + ', "rows": [\n' + ",\n".join(json.dumps(as_row(r)) for r in rows) + "\n]}\n")
+
+
+if __name__ == "__main__":
+    main()
