@@ -4,9 +4,9 @@
 
 Features of every family (docs/METHOD.md §2) are computed once for the calibration split, its
 `+code`/`+long` mixes (bench/calibration_mix.py) and the inputs `headguard lab eval` scores
-(cached in $HEADGUARD_CACHE/bench/<model>.features.npz). Every setting of the grid is then fitted
-on a calibration set and thresholded at the 99th percentile of its out-of-fold scores, as
-`headguard calibrate` does:
+(cached in $HEADGUARD_CACHE/bench/, keyed by the weights and the texts). Every setting of the
+grid is then fitted on a calibration set and thresholded at the 99th percentile of its
+out-of-fold scores, as `headguard calibrate` does:
 
 - families: each alone, and a few combinations;
 - aggregation: mean of the top k standardised deviations in the collapse direction (k = 1, 3, 5;
@@ -22,6 +22,7 @@ Writes bench/results/<model>.sweep.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -39,6 +40,7 @@ from headguard.detect.scorer import HeadScorer
 from headguard.lab.build import read_manifest
 from headguard.lab.splits import read_split
 from headguard.models.classifier import Classifier
+from headguard.models.fingerprint import weights_hash
 from headguard.models.task import Task
 
 FAMILY_SETS = [("row_entropy",), ("entropy",), ("max",), ("sink",), ("cosine",), ("entropy", "sink"),
@@ -49,11 +51,14 @@ CALIBRATIONS = ("split", "+code", "+long", "+code+long")
 
 
 def cached_features(model: Path, groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
-    """Every family's features of every group's texts (one forward pass per distinct text)."""
+    """Every family's features of every group's texts (one forward pass per distinct text), cached
+    under a key of the model's weights and the texts, so a rebuilt model or new inputs recompute."""
+    clf = Classifier.from_folder(model)
+    key = hashlib.sha256((weights_hash(clf.model) + json.dumps(groups, sort_keys=True)).encode()).hexdigest()
     cache = Path(os.environ.get("HEADGUARD_CACHE", Path.home() / ".cache" / "headguard")) / "bench"
-    path = cache / f"{model.name}.features.npz"
+    path = cache / f"{model.name}.{key[:16]}.features.npz"
     if not path.exists():
-        scorer = HeadScorer(Classifier.from_folder(model), families=FAMILIES)
+        scorer = HeadScorer(clf, families=FAMILIES)
         unique = sorted({t for texts in groups.values() for t in texts})
         x, n = scorer.features(unique)
         index = {t: i for i, t in enumerate(unique)}
