@@ -26,13 +26,14 @@ import hashlib
 import itertools
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import KFold
 from tqdm import tqdm
 
 from calibration_mix import mixes
+from decoder_readout import oof_threshold
 from detect_ablation import held_out_inputs, metrics
 from headguard.detect.calibration import AnomalyModel
 from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names
@@ -113,12 +114,10 @@ def main() -> None:
     for families, (aggregation, k), length_adjust, cal in tqdm(grid, desc="settings"):
         cols = np.isin(family, families)
         rows_cal = data[f"idx_calibration {cal}"]
-        xc, nc, d = x[rows_cal][:, cols], n[rows_cal], direction[cols]
-        oof = np.empty(len(xc))
-        for fit_idx, held in KFold(5, shuffle=True, random_state=0).split(xc):
-            oof[held] = fit_score(xc[fit_idx], nc[fit_idx], d, aggregation, k, length_adjust)(xc[held], nc[held])
-        threshold = float(np.quantile(oof, 0.99))
-        score = fit_score(xc, nc, d, aggregation, k, length_adjust)
+        xc, nc = x[rows_cal][:, cols], n[rows_cal]
+        fit = partial(fit_score, direction=direction[cols], aggregation=aggregation, k=k, length_adjust=length_adjust)
+        threshold = oof_threshold(fit, xc, nc)
+        score = fit(xc, nc)
         scores = {g: score(x[data[f"idx_{g}"]][:, cols], n[data[f"idx_{g}"]]) for g in inputs}
         rows.append({"families": list(families), "aggregation": aggregation, "top_k": k or None,
                      "length_adjust": length_adjust, "calibration": cal, **metrics(scores, threshold)})
