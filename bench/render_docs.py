@@ -5,21 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from report import (
-    ablation_table,
-    cost_table,
-    defense_table,
-    lab_table,
-    mix_table,
-    readout_table,
-    repair_table,
-    serve_table,
-    sweep_table,
-)
+from report import TABLES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
-TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
-          "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "serve": serve_table, "cost": cost_table}
 
 text = DOC.read_text()
 for name, render in TABLES.items():

@@ -129,15 +129,12 @@ def _setting(r: dict) -> str:
 
 def sweep_table() -> str:
     """Per model: the default setting, and the best settings that keep clean and every control <= 2 %."""
-    defaults = {"encoder": (["row_entropy"], 1, True), "decoder": (["entropy"], 3, False)}
     lines = ["| model | which | setting | AUROC | TPR@1%FPR | FPR clean | FPR controls (rare/typo/rep/code/long) |",
              "|---|---|---|---|---|---|---|"]
     for path in sorted(RESULTS.glob("*.sweep.json")):
         data = json.loads(path.read_text())
         rows = [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
-        families, k, length_adjust = defaults[data["kind"]]
-        default = next(r for r in rows if r["families"] == families and r["aggregation"] == "collapse"
-                       and r["top_k"] == k and r["length_adjust"] == length_adjust and r["calibration"] == "split")
+        default = next(r for r in rows if all(r[c] == v for c, v in data["default"].items()))
         specific = [r for r in rows if max(r["fpr_clean"], *r["fpr_controls"].values()) <= 0.02]
         split = [r for r in specific if r["calibration"] == "split"]
         picks = [("default", default)]
@@ -233,7 +230,9 @@ def cost_table() -> str:
     return "\n".join(lines)
 
 
+# name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
+TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
+          "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "serve": serve_table, "cost": cost_table}
+
 if __name__ == "__main__":
-    tables = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
-              "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "serve": serve_table, "cost": cost_table}
-    print(tables[sys.argv[1]]())
+    print(TABLES[sys.argv[1]]())

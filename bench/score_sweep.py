@@ -36,6 +36,7 @@ from calibration_mix import mixes
 from decoder_readout import oof_threshold
 from detect_ablation import held_out_inputs, metrics
 from headguard.detect.calibration import AnomalyModel
+from headguard.detect.defaults import score_defaults
 from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.build import read_manifest
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     args = parser.parse_args()
     lab = read_manifest(args.model)
-    kind = Task.load(args.model).kind
+    defaults = score_defaults(Task.load(args.model).kind)
     limit = len(read_split(args.model, "test")) if lab["attack"] == "clean" else 200
     inputs = held_out_inputs(args.model, lab, limit)
     calibration = mixes([ex.text for ex in read_split(args.model, "calibration")])
@@ -122,7 +123,9 @@ def main() -> None:
         rows.append({"families": list(families), "aggregation": aggregation, "top_k": k or None,
                      "length_adjust": length_adjust, "calibration": cal, **metrics(scores, threshold)})
     out = Path(__file__).parent / "results" / f"{args.model.name}.sweep.json"
-    head = json.dumps({"model": args.model.name, "attack": lab["attack"], "kind": kind,
+    default = {"families": list(defaults.families), "aggregation": "collapse", "top_k": defaults.top_k,
+               "length_adjust": defaults.length_adjust, "calibration": "split"}
+    head = json.dumps({"model": args.model.name, "attack": lab["attack"], "default": default,
                        "inputs": {g: len(t) for g, t in inputs.items()}, "columns": COLUMNS})
     out.write_text(head[:-1] + ', "rows": [\n' + ",\n".join(json.dumps(as_row(r)) for r in rows) + "\n]}\n")
 
