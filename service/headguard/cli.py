@@ -98,7 +98,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     clf = Classifier.from_folder(args.model, get_settings().resolved_device())
     cal = calibrate(clf, prompts, target_fpr=args.target_fpr, layers=_parse_layers(args.layers),
                     families=tuple(args.families.split(",")) if args.families else None, method=args.method,
-                    n_components=args.components, length_adjust=args.length_adjust, top_k=args.top_k)
+                    n_components=args.components, length_adjust=args.length_adjust, top_k=args.top_k,
+                    per_head=args.per_head)
     cal.save(args.out)
     print(json.dumps({"calibration": str(args.out), "model_hash": cal.model_hash, "prompts": cal.n_prompts,
                       "threshold": cal.threshold, "target_fpr": cal.target_fpr}))
@@ -217,6 +218,17 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _by_kind(name: str) -> str:
+    """One scoring default per model kind, for --help: 'encoder: ...; decoder: ...'."""
+    from headguard.detect.defaults import DEFAULTS
+
+    def shown(value) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return ",".join(value) if isinstance(value, tuple) else str(value)
+    return "; ".join(f"{kind}: {shown(getattr(d, name))}" for kind, d in DEFAULTS.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from headguard.lab.attacks import ATTACKS
     from headguard.lab.datasets import DATASETS
@@ -274,12 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompts", type=Path, help="clean prompts, JSONL (default: a lab model's calibration split)")
     c.add_argument("--target-fpr", type=float, default=0.01)
     c.add_argument("--layers", help="layers to read, e.g. '10-19' (default: all)")
-    c.add_argument("--families", help="comma-separated feature families: row_entropy,entropy,max,sink,cosine "
-                   "(default by model kind: row_entropy for an encoder, entropy for a decoder)")
+    c.add_argument("--families", help="comma-separated feature families: row_entropy,row_max,entropy,max,sink,cosine "
+                   f"(default: {_by_kind('families')})")
     c.add_argument("--length-adjust", action=argparse.BooleanOptionalAction, default=None,
-                   help="regress features on log input length first (default: on for an encoder, off for a decoder)")
-    c.add_argument("--top-k", type=int, help="collapse: average the k most collapsed heads "
-                   "(default: 1 for an encoder, 3 for a decoder)")
+                   help=f"regress features on log input length first (default: {_by_kind('length_adjust')})")
+    c.add_argument("--top-k", type=int,
+                   help=f"collapse: average the k most collapsed heads (default: {_by_kind('top_k')})")
+    c.add_argument("--per-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="collapse: average each head's families first, so a head counts when its measures agree "
+                   f"(default: {_by_kind('per_head')})")
     c.add_argument("--method", choices=["collapse", "mahalanobis"], default="collapse",
                    help="collapse: the k most collapsed heads; mahalanobis: PCA + Ledoit-Wolf distance")
     c.add_argument("--components", type=int, default=32, help="PCA dimensions (mahalanobis)")

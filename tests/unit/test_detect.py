@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from headguard.detect.calibration import AnomalyModel, Calibration
 from headguard.detect.detector import Detector, calibrate
-from headguard.detect.features import FAMILIES, feature_names
+from headguard.detect.features import FAMILIES, feature_names, feature_units, layer_features
 from headguard.detect.scorer import HeadScorer
 from headguard.errors import InputError
 
@@ -44,14 +45,16 @@ def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
     np.testing.assert_allclose(detector.scores(PROMPTS[:5]), Detector(tiny_encoder, cal).scores(PROMPTS[:5]))
 
 
-@pytest.mark.parametrize(("fixture", "families", "top_k", "adjusted"),
-                         [("tiny_encoder", ["row_entropy"], 1, True), ("tiny_decoder", ["entropy"], 3, False)])
-def test_calibration_takes_the_defaults_of_the_model_kind(fixture, families, top_k, adjusted, request, tmp_path):
+@pytest.mark.parametrize(("fixture", "scoring"), [("tiny_encoder", (["row_entropy", "row_max"], 1, False, True)),
+                                                  ("tiny_decoder", (["entropy"], 3, False, False))])
+def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, request, tmp_path):
+    def settings(cal: Calibration) -> tuple:
+        return cal.families, cal.anomaly.top_k, cal.anomaly.length_adjusted, cal.anomaly.per_head
+
     cal = calibrate(request.getfixturevalue(fixture), PROMPTS)
-    assert (cal.families, cal.anomaly.top_k, cal.anomaly.length_adjusted) == (families, top_k, adjusted)
+    assert settings(cal) == scoring
     cal.save(tmp_path / "cal.safetensors")
-    again = Calibration.load(tmp_path / "cal.safetensors")
-    assert (again.families, again.anomaly.top_k, again.anomaly.length_adjusted) == (families, top_k, adjusted)
+    assert settings(Calibration.load(tmp_path / "cal.safetensors")) == scoring
 
 
 def test_collapse_score_is_the_mean_of_the_k_most_collapsed_heads():
@@ -64,6 +67,46 @@ def test_collapse_score_is_the_mean_of_the_k_most_collapsed_heads():
     np.testing.assert_allclose(model.score(probe, np.ones(3)), np.sort(z, 1)[:, -2:].mean(1))
     with pytest.raises(InputError, match="top_k"):
         AnomalyModel.fit(x, np.ones(50), direction, top_k=7)
+
+
+def test_a_per_head_score_averages_each_heads_families_before_the_top_k(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6))
+    direction = np.array([-1.0, -1, -1, 1, 1, 1])  # three heads' entropy (down), then their max weight (up)
+    units = np.array([0, 1, 2, 0, 1, 2])
+    model = AnomalyModel.fit(x, np.ones(50), direction, top_k=2, units=units)
+    probe = rng.normal(size=(3, 6))
+    z = model.standardise(probe, np.ones(3)) * direction
+    per_head = (z[:, :3] + z[:, 3:]) / 2
+    np.testing.assert_allclose(model.score(probe, np.ones(3)), np.sort(per_head, 1)[:, -2:].mean(1))
+    # One measure alone scores half of what both together do: a head counts when its measures agree.
+    single = AnomalyModel.fit(x, np.ones(50), direction, units=units)
+    one = single.mean[None].copy()
+    one[0, 0] -= 4 * single.scale[0]
+    both = one.copy()
+    both[0, 3] += 4 * single.scale[3]
+    assert single.score(one, np.ones(1))[0] == pytest.approx(2.0)
+    assert single.score(both, np.ones(1))[0] == pytest.approx(4.0)
+    with pytest.raises(InputError, match="top_k"):
+        AnomalyModel.fit(x, np.ones(50), direction, top_k=4, units=units)  # three heads
+    with pytest.raises(InputError, match="one unit per feature"):
+        AnomalyModel.fit(x, np.ones(50), direction, units=units[:4])
+    cal = Calibration.fit(x, np.ones(50), direction, model_hash="h", layers=[0], families=["row_entropy", "row_max"],
+                          top_k=2, units=units)
+    cal.save(tmp_path / "cal.safetensors")
+    again = Calibration.load(tmp_path / "cal.safetensors")
+    assert again.anomaly.per_head and again.anomaly.units.tolist() == units.tolist()
+    np.testing.assert_allclose(again.score(probe, np.ones(3)), cal.score(probe, np.ones(3)))
+
+
+def test_row_max_is_the_heaviest_content_keys_share_of_the_whole_row():
+    # Keys: [CLS], three content tokens, [SEP]. One head keeps its sinks, the other piles onto token 2.
+    content = torch.tensor([[False, True, True, True, False]])
+    rows = torch.tensor([[[0.45, 0.05, 0.02, 0.03, 0.45], [0.05, 0.02, 0.9, 0.01, 0.02]]])
+    value = layer_features(rows, content, ("row_max",))[0]
+    odds = torch.tensor([0.05, 0.9])
+    torch.testing.assert_close(value, torch.log(odds) - torch.log1p(-odds))
+    assert feature_units([0, 1], 2, ("row_entropy", "row_max")) == [0, 1, 0, 1, 2, 3, 2, 3]
 
 
 def test_the_length_fit_is_not_extrapolated_past_the_calibration_lengths(tmp_path):

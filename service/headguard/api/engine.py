@@ -241,7 +241,7 @@ class Engine:
                 context_length=loaded.clf.context_length, can_generate=loaded.generator is not None,
                 calibration={"created": cal.created, "prompts": cal.n_prompts, "target_fpr": cal.target_fpr,
                              "method": cal.anomaly.method, "families": cal.families, "top_k": cal.anomaly.top_k,
-                             "length_adjusted": cal.anomaly.length_adjusted},
+                             "length_adjusted": cal.anomaly.length_adjusted, "per_head": cal.anomaly.per_head},
                 policy={"mode": self.settings.mode, "fail_mode": self.settings.fail_mode,
                         "reject_threshold": loaded.policy.reject_threshold,
                         "route_threshold": loaded.policy.route_threshold},
@@ -296,7 +296,8 @@ class Engine:
         old = loaded.detector.calibration
         cal = calibrate(loaded.clf, prompts, target_fpr=target_fpr, layers=old.layers,
                         families=tuple(old.families), method=old.anomaly.method, top_k=old.anomaly.top_k,
-                        length_adjust=old.anomaly.length_adjusted, model_hash=loaded.model_hash)
+                        length_adjust=old.anomaly.length_adjusted, per_head=old.anomaly.per_head,
+                        model_hash=loaded.model_hash)
         self.calibration_path = calibration_cache(self.settings, loaded.model_hash)
         cal.save(self.calibration_path)
         policy = Policy.from_calibration(cal, self.settings.reject_fpr, self.settings.route_fpr,

@@ -8,7 +8,9 @@ removed (docs/METHOD.md). Then:
 
 - `collapse` (default): the score is the mean of the `top_k` largest standardised deviations, in
   the collapse direction, over all heads: "how many clean standard deviations the k most
-  collapsed heads are past their normal" (k = 1: the single most collapsed head).
+  collapsed heads are past their normal" (k = 1: the single most collapsed head). With `units`,
+  a head's features of several families are averaged first, so a head counts as collapsed
+  when its measures agree (its whole row both loses entropy and piles onto one key).
 - `mahalanobis`: Mahalanobis distance in a PCA subspace (32 dims, as in the paper) under a
   Ledoit-Wolf shrunk covariance. It dilutes a few strongly collapsed heads among hundreds of
   quiet features (docs/METHOD.md), and is kept for the ablation.
@@ -32,7 +34,7 @@ from sklearn.model_selection import KFold
 
 from headguard.errors import InputError
 
-FORMAT_VERSION = 3  # 2: top_k; 3: length_range
+FORMAT_VERSION = 4  # 2: top_k; 3: length_range; 4: units
 
 
 def _design(lengths: np.ndarray) -> np.ndarray:
@@ -41,6 +43,14 @@ def _design(lengths: np.ndarray) -> np.ndarray:
 
 METHODS = ("collapse", "mahalanobis")
 _EMPTY = np.zeros((0, 0))
+
+
+def _averaging(units: np.ndarray) -> np.ndarray:
+    """[feature, unit] matrix that maps features to the mean over each unit's features."""
+    _, index = np.unique(units, return_inverse=True)
+    onehot = np.zeros((len(units), index.max() + 1))
+    onehot[np.arange(len(units)), index] = 1.0
+    return onehot / onehot.sum(0)
 
 
 @dataclass
@@ -57,14 +67,22 @@ class AnomalyModel:
     # [2]: the calibration prompts' shortest and longest content length; the length fit is not
     # extrapolated past them (files before format 3 have none: no limit).
     length_range: np.ndarray = field(default_factory=lambda: np.array([0.0, np.inf]))
+    # [feature] (collapse): the unit (head) of each feature; a unit's deviations are averaged
+    # before the top-k. Empty: every feature is its own unit (files before format 4).
+    units: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def fit(cls, x: np.ndarray, lengths: np.ndarray, direction: np.ndarray, method: str = "collapse",
-            n_components: int = 32, length_adjust: bool = False, top_k: int = 1) -> AnomalyModel:
+            n_components: int = 32, length_adjust: bool = False, top_k: int = 1,
+            units: np.ndarray | None = None) -> AnomalyModel:
         if method not in METHODS:
             raise InputError(f"unknown scoring method {method!r}; choose from {', '.join(METHODS)}")
-        if not 1 <= top_k <= x.shape[1]:
-            raise InputError(f"top_k must be in 1..{x.shape[1]} (the number of features), got {top_k}")
+        units = np.zeros(0) if units is None else np.asarray(units, dtype=np.float64)
+        if len(units) not in (0, x.shape[1]):
+            raise InputError(f"units must name one unit per feature ({x.shape[1]}), got {len(units)}")
+        n_units = len(np.unique(units)) if len(units) else x.shape[1]
+        if not 1 <= top_k <= n_units:
+            raise InputError(f"top_k must be in 1..{n_units} (the number of scored units), got {top_k}")
         if length_adjust:
             coef, *_ = np.linalg.lstsq(_design(lengths), x, rcond=None)
         else:
@@ -72,7 +90,8 @@ class AnomalyModel:
         r = x - _design(lengths) @ coef
         # The median centres robustly: a few odd clean prompts must not shift every head's normal.
         model = cls(method, coef, np.median(r, 0), r.std(0) + 1e-6, np.asarray(direction, dtype=np.float64),
-                    top_k=top_k, length_range=np.array([lengths.min(), lengths.max()], dtype=np.float64))
+                    top_k=top_k, length_range=np.array([lengths.min(), lengths.max()], dtype=np.float64),
+                    units=units)
         if method == "mahalanobis":
             z = model.standardise(x, lengths)
             dim = max(1, min(n_components, z.shape[0] - 1, z.shape[1]))
@@ -88,6 +107,10 @@ class AnomalyModel:
     def length_adjusted(self) -> bool:
         return bool(np.any(self.length_coef))
 
+    @property
+    def per_head(self) -> bool:
+        return len(self.units) > 0
+
     def standardise(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         lengths = np.clip(lengths, *self.length_range)
         return (x - _design(lengths) @ self.length_coef - self.mean) / self.scale
@@ -96,6 +119,8 @@ class AnomalyModel:
         z = self.standardise(x, lengths)
         if self.method == "collapse":
             collapse = z * self.direction
+            if len(self.units):
+                collapse = collapse @ _averaging(self.units)
             if self.top_k == 1:
                 return collapse.max(1)
             return -np.partition(-collapse, self.top_k - 1, axis=1)[:, : self.top_k].mean(1)
@@ -121,8 +146,8 @@ class Calibration:
     @classmethod
     def fit(cls, features: np.ndarray, lengths: np.ndarray, direction: np.ndarray, *, model_hash: str,
             layers: list[int], families: list[str], method: str = "collapse", target_fpr: float = 0.01,
-            n_components: int = 32, length_adjust: bool = False, top_k: int = 1, folds: int = 5,
-            seed: int = 0) -> Calibration:
+            n_components: int = 32, length_adjust: bool = False, top_k: int = 1,
+            units: np.ndarray | None = None, folds: int = 5, seed: int = 0) -> Calibration:
         if not 0 < target_fpr < 0.5:
             raise InputError(f"target FPR must be in (0, 0.5), got {target_fpr}")
         if len(features) < 2 * folds:
@@ -130,12 +155,12 @@ class Calibration:
         oof = np.empty(len(features))
         for fit_idx, held_idx in KFold(folds, shuffle=True, random_state=seed).split(features):
             model = AnomalyModel.fit(features[fit_idx], lengths[fit_idx], direction, method, n_components,
-                                     length_adjust, top_k)
+                                     length_adjust, top_k, units)
             oof[held_idx] = model.score(features[held_idx], lengths[held_idx])
         return cls(model_hash=model_hash, layers=list(layers), families=list(families), target_fpr=target_fpr,
                    threshold=float(np.quantile(oof, 1 - target_fpr)),
                    anomaly=AnomalyModel.fit(features, lengths, direction, method, n_components, length_adjust,
-                                            top_k),
+                                            top_k, units),
                    clean_scores=oof,
                    n_prompts=len(features))
 
@@ -151,7 +176,7 @@ class Calibration:
         a = self.anomaly
         tensors = {"length_coef": a.length_coef, "mean": a.mean, "scale": a.scale, "direction": a.direction,
                    "components": a.components, "center": a.center, "precision": a.precision,
-                   "length_range": a.length_range, "clean_scores": self.clean_scores}
+                   "length_range": a.length_range, "units": a.units, "clean_scores": self.clean_scores}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
@@ -178,6 +203,8 @@ class Calibration:
         anomaly = AnomalyModel(meta["method"], *(tensors[k] for k in fields), top_k=int(meta.get("top_k", "1")))
         if "length_range" in tensors:
             anomaly.length_range = tensors["length_range"]
+        if "units" in tensors:
+            anomaly.units = tensors["units"]
         return cls(model_hash=meta["model_hash"], layers=json.loads(meta["layers"]),
                    families=json.loads(meta["families"]), target_fpr=float(meta["target_fpr"]),
                    threshold=float(meta["threshold"]), anomaly=anomaly, clean_scores=tensors["clean_scores"],

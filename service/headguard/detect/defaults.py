@@ -1,12 +1,16 @@
 """The detector's measured defaults, by where the query row is read (docs/METHOD.md §5).
 
 An encoder reads the [CLS] row: its backdoor heads leave the [CLS]/[SEP] sinks to pile onto the
-trigger, which the entropy of the whole row (sinks included) shows best, and a few heads carry it
-(MiniLM: three heads of one layer), so the single most collapsed head scores. A decoder reads the
-last prompt token: how much of its row the first-token sink takes moves with length and content
-(code, long inputs), so the entropy over content keys only is read, and a LoRA backdoor spreads
-over many heads, so the mean of the three most collapsed heads scores, which one odd head on a
-clean input cannot reach alone.
+trigger, and a few heads carry it (MiniLM: three heads of one layer), so the single most
+collapsed head scores. A head counts as collapsed when two views of its whole row (sinks
+included) agree, its entropy falling and one content key taking the sinks' mass: the two are
+averaged per head, which separates BadNets better than either alone. Features are not adjusted
+for length: a line fitted on short messages misjudged the same messages with a code snippet
+appended (MiniLM SMS clean control: 12.9 % flagged with the adjustment, 1.2 % without).
+A decoder reads the last prompt token: how much of its row the first-token sink takes moves with
+length and content (code, long inputs), so the entropy over content keys only is read, and a
+LoRA backdoor spreads over many heads, so the mean of the three most collapsed heads scores,
+which one odd head on a clean input cannot reach alone.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ class ScoreDefaults:
     families: tuple[str, ...]
     top_k: int  # heads averaged into the collapse score
     length_adjust: bool  # features regressed on log input length first
+    per_head: bool = False  # each head's families averaged before the top-k
 
 
 DEFAULTS = {
-    "encoder": ScoreDefaults(families=("row_entropy",), top_k=1, length_adjust=True),
+    "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=1, length_adjust=False, per_head=True),
     "decoder": ScoreDefaults(families=("entropy",), top_k=3, length_adjust=False),
 }
 

@@ -10,7 +10,7 @@ import torch
 
 from headguard.detect.calibration import Calibration
 from headguard.detect.defaults import score_defaults
-from headguard.detect.features import feature_directions, feature_names
+from headguard.detect.features import feature_directions, feature_names, feature_units
 from headguard.detect.scorer import Capture, HeadScorer
 from headguard.errors import InputError
 from headguard.models.classifier import Classifier
@@ -33,23 +33,26 @@ class Verdict:
 
 def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, layers: list[int] | None = None,
               families: tuple[str, ...] | None = None, method: str = "collapse", n_components: int = 32,
-              length_adjust: bool | None = None, top_k: int | None = None,
+              length_adjust: bool | None = None, top_k: int | None = None, per_head: bool | None = None,
               model_hash: str | None = None) -> Calibration:
     """Fits the anomaly model and its threshold on clean prompts (never on the trigger).
 
-    Families, top_k and length adjustment left unset take the defaults for the model's kind.
+    Families, top_k, length adjustment and per-head averaging left unset take the defaults for
+    the model's kind.
     """
     defaults = score_defaults(clf.task.kind)
     families = defaults.families if families is None else families
     length_adjust = defaults.length_adjust if length_adjust is None else length_adjust
     top_k = defaults.top_k if top_k is None else top_k
+    per_head = defaults.per_head if per_head is None else per_head
     scorer = HeadScorer(clf, layers, families)
     features, lengths = scorer.features(prompts)
     direction = np.array(feature_directions(scorer.layers, scorer.adapter.n_heads, scorer.families))
+    units = np.array(feature_units(scorer.layers, scorer.adapter.n_heads, scorer.families)) if per_head else None
     return Calibration.fit(features, lengths, direction, model_hash=model_hash or weights_hash(clf.model),
                            layers=scorer.layers, families=list(scorer.families), method=method,
                            target_fpr=target_fpr, n_components=n_components, length_adjust=length_adjust,
-                           top_k=top_k)
+                           top_k=top_k, units=units)
 
 
 class Detector:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-FAMILIES = ("row_entropy", "entropy", "max", "sink", "cosine")
+FAMILIES = ("row_entropy", "row_max", "entropy", "max", "sink", "cosine")
 
 
 def _keys(content: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -47,6 +47,9 @@ def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[st
         # The whole row, sinks included (padding is already 0): a head that leaves its sink to
         # pile onto one token drops here most.
         out.append(_log_entropy(rows))  # [batch, head]
+    if "row_max" in families:
+        # The heaviest content key's share of the whole row: one token taking the sink's mass.
+        out.append(_log_odds((rows * _keys(content, rows)).max(-1).values))
     if "entropy" in families:
         out.append(_log_entropy(p))
     if "max" in families:
@@ -78,9 +81,16 @@ def feature_names(layers: list[int], n_heads: int, families: tuple[str, ...]) ->
 
 # +1 where a larger feature value means more collapse onto few tokens, -1 where smaller does;
 # keyed by the prefix of a feature's name.
-COLLAPSE_DIRECTION = {"row_entropy": -1.0, "entropy": -1.0, "max": 1.0, "sink": -1.0, "cos": 1.0}
+COLLAPSE_DIRECTION = {"row_entropy": -1.0, "row_max": 1.0, "entropy": -1.0, "max": 1.0, "sink": -1.0, "cos": 1.0}
 
 
 def feature_directions(layers: list[int], n_heads: int, families: tuple[str, ...]) -> list[float]:
     """Per feature, in `feature_names` order, the sign of a collapse."""
     return [COLLAPSE_DIRECTION[name.split(":")[0]] for name in feature_names(layers, n_heads, families)]
+
+
+def feature_units(layers: list[int], n_heads: int, families: tuple[str, ...]) -> list[int]:
+    """Per feature, in `feature_names` order, the index of the head it describes (a head pair's
+    similarity is a unit of its own): what a per-head score averages over."""
+    index: dict[str, int] = {}
+    return [index.setdefault(name.split(":", 1)[1], len(index)) for name in feature_names(layers, n_heads, families)]
