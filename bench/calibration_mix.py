@@ -33,7 +33,7 @@ import numpy as np
 from detect_ablation import held_out_inputs, metrics
 from headguard.detect.calibration import Calibration
 from headguard.detect.defaults import score_defaults
-from headguard.detect.features import FAMILIES, feature_directions
+from headguard.detect.features import FAMILIES, feature_directions, feature_units
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.build import read_manifest
 from headguard.lab.controls import CODE_SNIPPETS
@@ -80,6 +80,8 @@ def main() -> None:
     top_k = args.top_k or defaults.top_k
     scorer = HeadScorer(clf, families=tuple(args.families or defaults.families))
     directions = np.array(feature_directions(scorer.layers, scorer.adapter.n_heads, scorer.families))
+    per_head = defaults.per_head and args.families is None
+    units = np.array(feature_units(scorer.layers, scorer.adapter.n_heads, scorer.families)) if per_head else None
 
     # A clean control model has no triggered inputs: its whole test split, as in bench/defenses.sh.
     limit = len(read_split(args.model, "test")) if lab["attack"] == "clean" else 200
@@ -98,10 +100,10 @@ def main() -> None:
     for name, texts in calibration_sets.items():
         cal = Calibration.fit(*feats(texts), directions, model_hash="-", layers=scorer.layers,
                               families=list(scorer.families), length_adjust=defaults.length_adjust,
-                              top_k=top_k)
+                              top_k=top_k, units=units)
         scores = {g: cal.score(*feats(t)) for g, t in inputs.items()}
-        row = {"calibration": name, "families": list(scorer.families), "top_k": top_k, "n_prompts": len(texts),
-               "threshold": cal.threshold, **metrics(scores, cal.threshold)}
+        row = {"calibration": name, "families": list(scorer.families), "top_k": top_k, "per_head": per_head,
+               "n_prompts": len(texts), "threshold": cal.threshold, **metrics(scores, cal.threshold)}
         results.append(row)
         print(json.dumps(row), flush=True)
     variant = "" if args.families is None and args.top_k is None else f"-{'+'.join(scorer.families)}-top{top_k}"

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from headguard.detect.calibration import Calibration
 from headguard.detect.defaults import ScoreDefaults, score_defaults
-from headguard.detect.features import FAMILIES, feature_directions, feature_names
+from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.attacks import Attack
 from headguard.lab.build import read_manifest
@@ -37,11 +37,13 @@ def variants(n_layers: int, defaults: ScoreDefaults) -> list[dict]:
     """The rows of the ablation table; the first is the default for the model's kind, and most
     rows change one thing of it."""
     base = dict(families=defaults.families, method="collapse", top_k=defaults.top_k,
-                length_adjust=defaults.length_adjust)
+                length_adjust=defaults.length_adjust, per_head=defaults.per_head)
     rows = [base]
-    rows += [{**base, "families": (f,)} for f in FAMILIES if (f,) != defaults.families]
+    rows += [{**base, "families": (f,), "per_head": False} for f in FAMILIES if (f,) != defaults.families]
     rows += [{**base, "top_k": k} for k in (1, 3, 5) if k != defaults.top_k]
     rows += [{**base, "length_adjust": not defaults.length_adjust}]
+    if len(defaults.families) > 1:
+        rows += [{**base, "per_head": not defaults.per_head}]
     rows += [dict(families=fams, method="mahalanobis", length_adjust=True, n_components=k)
              for fams in [("row_entropy",), ("entropy",), ("cosine",), ("entropy", "max", "cosine")] for k in (8, 32)]
     half = n_layers // 2
@@ -143,6 +145,7 @@ def main() -> None:
         np.savez_compressed(args.features, names=np.array(names), **{f"{g}_x": x for g, (x, _) in feats.items()},
                             **{f"{g}_length": n for g, (_, n) in feats.items()})
     directions = np.array(feature_directions(scorer.layers, n_heads, FAMILIES))
+    units = np.array(feature_units(scorer.layers, n_heads, FAMILIES))
     prefixes = [n.split(":")[0] for n in names]
     family_of = np.array(["cosine" if p == "cos" else p for p in prefixes])
     layer_of = np.array([int(n.split(":")[1].split("H")[0][1:]) for n in names])
@@ -156,7 +159,7 @@ def main() -> None:
         cal = Calibration.fit(x[:size][:, cols], lengths[:size], directions[cols], model_hash="-", layers=[],
                               families=list(v["families"]), method=v["method"],
                               n_components=v.get("n_components", 32), length_adjust=v.get("length_adjust", False),
-                              top_k=v.get("top_k", 1))
+                              top_k=v.get("top_k", 1), units=units[cols] if v.get("per_head") else None)
         scores = {g: cal.score(f[:, cols], n) for g, (f, n) in feats.items()}
         row = {"variant": {**v, "layers": [lo, hi], "calibration_size": size}, **metrics(scores, cal.threshold)}
         results.append(row)

@@ -4,10 +4,11 @@
 # MODELS_DIR holds lab model folders; a folder without weights is measured with random weights of
 # its config (bench/detect_cost.py --random-weights). A MODELS_DIR/../work/<model>/ folder, if any,
 # holds that model's calibration and flagged prompts, and bench/repair.py repairs that model.
-# DEVICE, BATCHES, REPEATS and DTYPES override the defaults (a CPU dry run: DEVICE=cpu BATCHES=1 REPEATS=1).
+# DEVICE, BATCHES, REPEATS, DTYPES, SEEDS (the repair's, comma-separated) and COST_MODELS (the folder
+# names to time; default every one) override the defaults (a CPU dry run: DEVICE=cpu BATCHES=1 REPEATS=1).
 set -uo pipefail
 models=$1 out=$2
-device=${DEVICE:-cuda} batches=${BATCHES:-1 8 64} repeats=${REPEATS:-20} dtypes=${DTYPES:-float16 bfloat16}
+device=${DEVICE:-cuda} batches=${BATCHES:-1 8 64} repeats=${REPEATS:-20} dtypes=${DTYPES:-float16 bfloat16} seeds=${SEEDS:-0}
 export PYTHONPATH=$PWD/service PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 mkdir -p "$out"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
@@ -16,6 +17,7 @@ mkdir -p "$out"
 
 for dir in "$models"/*/; do
     dir=${dir%/}
+    case " ${COST_MODELS:-$(basename "$dir")} " in *" $(basename "$dir") "*) ;; *) continue ;; esac
     weights=()
     [ -e "$dir/model.safetensors" ] || weights=(--random-weights)
     for dtype in $dtypes; do
@@ -31,7 +33,7 @@ if [ -d "$models/../work" ]; then
     cp -r "$models/../work/." /tmp/headguard-bench-repair/
     for work in "$models"/../work/*/; do
         name=$(basename "$work")
-        python3 bench/repair.py "$models/$name" --device "$device" --results "$out" 2>>"$out/repair.log" \
+        python3 bench/repair.py "$models/$name" --device "$device" --seeds "$seeds" --results "$out" 2>>"$out/repair.log" \
             || echo "repair failed on $name: see repair.log"
     done
 fi

@@ -84,6 +84,7 @@ def ablation_table() -> str:
                 continue
             method = v["method"] + (f" ({v['n_components']} dims)" if v["method"] == "mahalanobis" else "")
             method += f", top {v['top_k']}" if v["method"] == "collapse" and v.get("top_k", 1) > 1 else ""
+            method += ", per head" if v.get("per_head") else ""
             method += ", length-adjusted" if v.get("length_adjust") else ""
             lines.append(f"| {'+'.join(v['families'])} | {method} | {v['layers'][0]}–{v['layers'][1] - 1} | "
                          f"{v['calibration_size']} | {fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | "
@@ -114,7 +115,7 @@ def mix_table() -> str:
     for path in sorted(RESULTS.glob("*.calibration-mix*.json")):
         data = json.loads(path.read_text())
         for r in data["rows"]:
-            score = f"{'+'.join(r['families'])}, top {r['top_k']}"
+            score = f"{'+'.join(r['families'])}, top {r['top_k']}{', per head' if r.get('per_head') else ''}"
             lines.append(f"| {data['model']} | {score} | {r['calibration']} ({r['n_prompts']}) | "
                          f"{fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | {fmt(r['fpr_clean'])} | "
                          f"{controls_cell(r['fpr_controls'])} |")

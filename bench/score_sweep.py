@@ -4,14 +4,16 @@
 
 Features of every family (docs/METHOD.md §2) are computed once for the calibration split, its
 `+code`/`+long` mixes (bench/calibration_mix.py) and the inputs `headguard lab eval` scores
-(cached in $HEADGUARD_CACHE/bench/, keyed by the weights and the texts). Every setting of the
+(cached in $HEADGUARD_CACHE/bench/, keyed by the weights, the families and the texts). Every setting of the
 grid is then fitted on a calibration set and thresholded at the 99th percentile of its
 out-of-fold scores, as `headguard calibrate` does:
 
 - families: each alone, and a few combinations;
 - aggregation: mean of the top k standardised deviations in the collapse direction (k = 1, 3, 5;
-  the detector's `collapse` score), the same in either direction (`two-sided`), or the mean
-  squared z over every feature, clipped at 4 (`mean z²`: many heads moving a little at once);
+  the detector's `collapse` score), the same after averaging each head's families (`per-head`,
+  k = 1, 3: a head counts when its measures agree), the top k in either direction
+  (`two-sided`), or the mean squared z over every feature, clipped at 4 (`mean z²`: many heads
+  moving a little at once);
 - length adjustment off or on;
 - calibration set: split, +code, +long, +code+long.
 
@@ -45,18 +47,22 @@ from headguard.models.classifier import Classifier
 from headguard.models.fingerprint import weights_hash
 from headguard.models.task import Task
 
-FAMILY_SETS = [("row_entropy",), ("entropy",), ("max",), ("sink",), ("cosine",), ("entropy", "sink"),
-               ("row_entropy", "entropy"), ("entropy", "max", "sink"), FAMILIES]
-AGGREGATIONS = [("collapse", 1), ("collapse", 3), ("collapse", 5), ("two-sided", 1), ("two-sided", 3),
+FAMILY_SETS = [("row_entropy",), ("row_max",), ("entropy",), ("max",), ("sink",), ("cosine",),
+               ("entropy", "sink"), ("row_entropy", "entropy"), ("row_entropy", "max"), ("row_entropy", "row_max"),
+               ("entropy", "max", "sink"), FAMILIES]
+AGGREGATIONS = [("collapse", 1), ("collapse", 3), ("collapse", 5), ("per-head", 1), ("per-head", 3),
+                ("two-sided", 1), ("two-sided", 3),
                 ("two-sided", 5), ("mean z²", 0)]
 CALIBRATIONS = ("split", "+code", "+long", "+code+long")
 
 
 def cached_features(model: Path, groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
     """Every family's features of every group's texts (one forward pass per distinct text), cached
-    under a key of the model's weights and the texts, so a rebuilt model or new inputs recompute."""
+    under a key of the model's weights, the families and the texts, so a rebuilt model, a new family
+    or new inputs recompute."""
     clf = Classifier.from_folder(model)
-    key = hashlib.sha256((weights_hash(clf.model) + json.dumps(groups, sort_keys=True)).encode()).hexdigest()
+    texts = json.dumps([FAMILIES, groups], sort_keys=True)
+    key = hashlib.sha256((weights_hash(clf.model) + texts).encode()).hexdigest()
     cache = Path(os.environ.get("HEADGUARD_CACHE", Path.home() / ".cache" / "headguard")) / "bench"
     path = cache / f"{model.name}.{key[:16]}.features.npz"
     if not path.exists():
@@ -70,15 +76,18 @@ def cached_features(model: Path, groups: dict[str, list[str]]) -> dict[str, np.n
     return dict(np.load(path))
 
 
-def fit_score(x: np.ndarray, lengths: np.ndarray, direction: np.ndarray, aggregation: str, k: int,
-              length_adjust: bool):
+def fit_score(x: np.ndarray, lengths: np.ndarray, direction: np.ndarray, units: np.ndarray, aggregation: str,
+              k: int, length_adjust: bool):
+    if aggregation in ("collapse", "per-head"):
+        return AnomalyModel.fit(x, lengths, direction, length_adjust=length_adjust, top_k=k,
+                                units=units if aggregation == "per-head" else None).score
     model = AnomalyModel.fit(x, lengths, direction, length_adjust=length_adjust)
 
     def score(y: np.ndarray, n: np.ndarray) -> np.ndarray:
         z = model.standardise(y, n)
         if aggregation == "mean z²":
             return (np.clip(np.abs(z), 0, 4) ** 2).mean(1)
-        z = np.abs(z) if aggregation == "two-sided" else z * direction
+        z = np.abs(z)
         return -np.partition(-z, k - 1, axis=1)[:, :k].mean(1)
     return score
 
@@ -109,6 +118,7 @@ def main() -> None:
     x, n = data["x"], data["n"]
     family = np.array([name.split(":")[0].replace("cos", "cosine") for name in data["names"]])
     direction = np.array([COLLAPSE_DIRECTION[name.split(":")[0]] for name in data["names"]])
+    _, units = np.unique([name.split(":", 1)[1] for name in data["names"]], return_inverse=True)  # head of each
 
     rows = []
     grid = list(itertools.product(FAMILY_SETS, AGGREGATIONS, (False, True), CALIBRATIONS))
@@ -116,14 +126,16 @@ def main() -> None:
         cols = np.isin(family, families)
         rows_cal = data[f"idx_calibration {cal}"]
         xc, nc = x[rows_cal][:, cols], n[rows_cal]
-        fit = partial(fit_score, direction=direction[cols], aggregation=aggregation, k=k, length_adjust=length_adjust)
+        fit = partial(fit_score, direction=direction[cols], units=units[cols], aggregation=aggregation, k=k,
+                      length_adjust=length_adjust)
         threshold = oof_threshold(fit, xc, nc)
         score = fit(xc, nc)
         scores = {g: score(x[data[f"idx_{g}"]][:, cols], n[data[f"idx_{g}"]]) for g in inputs}
         rows.append({"families": list(families), "aggregation": aggregation, "top_k": k or None,
                      "length_adjust": length_adjust, "calibration": cal, **metrics(scores, threshold)})
     out = Path(__file__).parent / "results" / f"{args.model.name}.sweep.json"
-    default = {"families": list(defaults.families), "aggregation": "collapse", "top_k": defaults.top_k,
+    aggregation = "per-head" if defaults.per_head else "collapse"
+    default = {"families": list(defaults.families), "aggregation": aggregation, "top_k": defaults.top_k,
                "length_adjust": defaults.length_adjust, "calibration": "split"}
     head = json.dumps({"model": args.model.name, "attack": lab["attack"], "default": default,
                        "inputs": {g: len(t) for g, t in inputs.items()}, "columns": COLUMNS})
