@@ -57,6 +57,12 @@ def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, requ
     assert settings(Calibration.load(tmp_path / "cal.safetensors")) == scoring
 
 
+def test_a_calibration_set_under_the_recommended_size_is_warned_about(tiny_encoder, caplog):
+    with caplog.at_level("WARNING", logger="headguard.detect.detector"):
+        calibrate(tiny_encoder, PROMPTS[:20])
+    assert "20 prompts" in caplog.text and "recommended" in caplog.text
+
+
 def test_collapse_score_is_the_mean_of_the_k_most_collapsed_heads():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 6))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,12 @@ from headguard.models.classifier import Classifier
 from headguard.models.fingerprint import weights_hash
 
 TOP_K = 3
+# Below this many clean prompts the 1 % threshold is unreliable: on MiniLM BadNets the encoder
+# default caught nothing at 100 prompts (a head whose heaviest-key share never moved on so few
+# prompts gets a near-zero spread) and 0.95 of triggered inputs at 200 (docs/METHOD.md §5).
+RECOMMENDED_PROMPTS = 200
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +47,9 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     Families, top_k, length adjustment and per-head averaging left unset take the defaults for
     the model's kind.
     """
+    if len(prompts) < RECOMMENDED_PROMPTS:
+        log.warning("calibrating on %d prompts; %d or more are recommended: with fewer, the threshold "
+                    "can land far from the target FPR (docs/METHOD.md §5)", len(prompts), RECOMMENDED_PROMPTS)
     defaults = score_defaults(clf.task.kind)
     families = defaults.families if families is None else families
     length_adjust = defaults.length_adjust if length_adjust is None else length_adjust
