@@ -4,9 +4,9 @@
 
 Features of every family (docs/METHOD.md §2) are computed once for the calibration split, its
 `+code`/`+long` mixes (bench/calibration_mix.py) and the inputs `headguard lab eval` scores
-(cached in $HEADGUARD_CACHE/bench/, keyed by the weights, the families and the texts). Every setting of the
-grid is then fitted on a calibration set and thresholded at the 99th percentile of its
-out-of-fold scores, as `headguard calibrate` does:
+(cached in $HEADGUARD_CACHE/bench/, keyed by the weights, the families and the texts). Every
+setting of the grid is then fitted on a calibration set and thresholded at the 99th percentile
+of its out-of-fold scores, as `headguard calibrate` does:
 
 - families: each alone, and a few combinations;
 - aggregation: mean of the top k standardised deviations in the collapse direction (k = 1, 3, 5;
@@ -51,8 +51,7 @@ FAMILY_SETS = [("row_entropy",), ("row_max",), ("entropy",), ("max",), ("sink",)
                ("entropy", "sink"), ("row_entropy", "entropy"), ("row_entropy", "max"), ("row_entropy", "row_max"),
                ("entropy", "max", "sink"), FAMILIES]
 AGGREGATIONS = [("collapse", 1), ("collapse", 3), ("collapse", 5), ("per-head", 1), ("per-head", 3),
-                ("two-sided", 1), ("two-sided", 3),
-                ("two-sided", 5), ("mean z²", 0)]
+                ("two-sided", 1), ("two-sided", 3), ("two-sided", 5), ("mean z²", 0)]
 CALIBRATIONS = ("split", "+code", "+long", "+code+long")
 
 
@@ -61,8 +60,8 @@ def cached_features(model: Path, groups: dict[str, list[str]]) -> dict[str, np.n
     under a key of the model's weights, the families and the texts, so a rebuilt model, a new family
     or new inputs recompute."""
     clf = Classifier.from_folder(model)
-    texts = json.dumps([FAMILIES, groups], sort_keys=True)
-    key = hashlib.sha256((weights_hash(clf.model) + texts).encode()).hexdigest()
+    contents = json.dumps([FAMILIES, groups], sort_keys=True)
+    key = hashlib.sha256((weights_hash(clf.model) + contents).encode()).hexdigest()
     cache = Path(os.environ.get("HEADGUARD_CACHE", Path.home() / ".cache" / "headguard")) / "bench"
     path = cache / f"{model.name}.{key[:16]}.features.npz"
     if not path.exists():

@@ -6,7 +6,8 @@ collapsed head scores. A head counts as collapsed when two views of its whole ro
 included) agree, its entropy falling and one content key taking the sinks' mass: the two are
 averaged per head, which separates BadNets better than either alone. Features are not adjusted
 for length: a line fitted on short messages misjudged the same messages with a code snippet
-appended (MiniLM SMS clean control: 12.9 % flagged with the adjustment, 1.2 % without).
+appended (MiniLM SMS clean control: 12.9 % of them flagged by the earlier, length-adjusted
+default; 1.2 % by this one).
 A decoder reads the last prompt token: how much of its row the first-token sink takes moves with
 length and content (code, long inputs), so the entropy over content keys only is read, and a
 LoRA backdoor spreads over many heads, so the mean of the three most collapsed heads scores,
