@@ -39,7 +39,7 @@ from decoder_readout import oof_threshold
 from detect_ablation import held_out_inputs, metrics
 from headguard.detect.calibration import AnomalyModel
 from headguard.detect.defaults import score_defaults
-from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names
+from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names, units_of
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.build import read_manifest
 from headguard.lab.splits import read_split
@@ -117,7 +117,7 @@ def main() -> None:
     x, n = data["x"], data["n"]
     family = np.array([name.split(":")[0].replace("cos", "cosine") for name in data["names"]])
     direction = np.array([COLLAPSE_DIRECTION[name.split(":")[0]] for name in data["names"]])
-    _, units = np.unique([name.split(":", 1)[1] for name in data["names"]], return_inverse=True)  # head of each
+    units = np.array(units_of(list(data["names"])))
 
     rows = []
     grid = list(itertools.product(FAMILY_SETS, AGGREGATIONS, (False, True), CALIBRATIONS))

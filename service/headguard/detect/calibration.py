@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,10 @@ class AnomalyModel:
     def per_head(self) -> bool:
         return len(self.units) > 0
 
+    @cached_property
+    def _unit_means(self) -> np.ndarray:
+        return _averaging(self.units)
+
     def standardise(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         lengths = np.clip(lengths, *self.length_range)
         return (x - _design(lengths) @ self.length_coef - self.mean) / self.scale
@@ -120,7 +125,7 @@ class AnomalyModel:
         if self.method == "collapse":
             collapse = z * self.direction
             if len(self.units):
-                collapse = collapse @ _averaging(self.units)
+                collapse = collapse @ self._unit_means
             if self.top_k == 1:
                 return collapse.max(1)
             return -np.partition(-collapse, self.top_k - 1, axis=1)[:, : self.top_k].mean(1)
@@ -200,11 +205,10 @@ class Calibration:
         if int(meta["version"]) > FORMAT_VERSION:
             raise InputError(f"{path} has calibration format {meta['version']}; this headguard reads {FORMAT_VERSION}")
         fields = ("length_coef", "mean", "scale", "direction", "components", "center", "precision")
-        anomaly = AnomalyModel(meta["method"], *(tensors[k] for k in fields), top_k=int(meta.get("top_k", "1")))
-        if "length_range" in tensors:
-            anomaly.length_range = tensors["length_range"]
-        if "units" in tensors:
-            anomaly.units = tensors["units"]
+        # Files before format 3 have no length range (no limit), before format 4 no units.
+        extra = {k: tensors[k] for k in ("length_range", "units") if k in tensors}
+        anomaly = AnomalyModel(meta["method"], *(tensors[k] for k in fields), top_k=int(meta.get("top_k", "1")),
+                               **extra)
         return cls(model_hash=meta["model_hash"], layers=json.loads(meta["layers"]),
                    families=json.loads(meta["families"]), target_fpr=float(meta["target_fpr"]),
                    threshold=float(meta["threshold"]), anomaly=anomaly, clean_scores=tensors["clean_scores"],

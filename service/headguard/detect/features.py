@@ -89,8 +89,13 @@ def feature_directions(layers: list[int], n_heads: int, families: tuple[str, ...
     return [COLLAPSE_DIRECTION[name.split(":")[0]] for name in feature_names(layers, n_heads, families)]
 
 
-def feature_units(layers: list[int], n_heads: int, families: tuple[str, ...]) -> list[int]:
-    """Per feature, in `feature_names` order, the index of the head it describes (a head pair's
-    similarity is a unit of its own): what a per-head score averages over."""
+def units_of(names: list[str]) -> list[int]:
+    """Per feature name, the index of the head it describes (a head pair's similarity is a unit of
+    its own): what a per-head score averages over."""
     index: dict[str, int] = {}
-    return [index.setdefault(name.split(":", 1)[1], len(index)) for name in feature_names(layers, n_heads, families)]
+    return [index.setdefault(name.split(":", 1)[1], len(index)) for name in names]
+
+
+def feature_units(layers: list[int], n_heads: int, families: tuple[str, ...]) -> list[int]:
+    """`units_of` the features in `feature_names` order."""
+    return units_of(feature_names(layers, n_heads, families))
