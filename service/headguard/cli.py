@@ -127,7 +127,7 @@ def _repair(args: argparse.Namespace) -> int:
     from headguard.repair.train import RepairConfig
 
     config = RepairConfig(head_share=args.head_share, steps=args.steps, lr=args.lr, seed=args.seed, mode=args.mode,
-                          heads=args.heads.split(",") if args.heads else None)
+                          heads=args.heads.split(",") if args.heads else None, min_changed=args.min_changed)
     config.validate()
     flagged = read_prompts(args.flagged)  # bad input fails before the model loads
     clean = read_prompts(args.clean) if args.clean else None
@@ -317,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--heads", help="repair these heads instead of selecting, e.g. 'L3H7,L4H1'")
     r.add_argument("--mode", choices=["heads", "prune", "all"], default="heads",
                    help="heads: train the heads' slices; prune: zero the heads; all: train every parameter")
+    r.add_argument("--min-changed", type=int, default=5,
+                   help="refuse unless neutralising changes the answer of at least this many flagged prompts "
+                        "(fewer: false positives, nothing to repair)")
     r.add_argument("--steps", type=int, default=80)
     r.add_argument("--lr", type=float, default=1e-3)
     r.add_argument("--seed", type=int, default=0)

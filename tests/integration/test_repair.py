@@ -98,6 +98,10 @@ def test_bad_repair_inputs_fail_clearly_and_write_nothing(minilm_badnets, smollm
     proc = run_cli("repair", "--model", str(smollm2_badnets), "--calibration", str(cal), "--flagged", str(flagged),
                    "--out", str(out), check=False)
     assert proc.returncode == 2 and "another model" in proc.stderr and not out.exists()
+    # More answer changes demanded than the flagged set has: refused as nothing to repair, nothing written.
+    proc = run_cli("repair", "--model", str(minilm_badnets), "--calibration", str(cal), "--flagged", str(flagged),
+                   "--min-changed", "100000", "--out", str(out), check=False)
+    assert proc.returncode == 2 and "nothing to repair" in proc.stderr and not out.exists()
     proc = run_cli("lab", "eval", "--model", str(smollm2_badnets), "--patch", str(patch_dir), check=False)
     assert proc.returncode == 2 and "other weights" in proc.stderr
     broken = tmp_path / "broken"

@@ -125,6 +125,20 @@ def test_repair_job_hot_swaps_two_replicas_under_load_and_rolls_back(stack, smol
     assert _flip_rate(b, probe_clean, probe_triggered) >= 0.8  # rollback restores the original behaviour
 
 
+def test_a_job_whose_flagged_prompts_keep_their_answers_ends_with_nothing_to_repair(stack, smollm2_badnets):
+    a = stack["a"]
+    _, triggered = harness_prompts(smollm2_badnets, 12)
+    before = _versions(a)
+    with httpx.Client(base_url=a.url, timeout=120, headers=AUTH) as c:
+        active = c.get("/admin/v1/weights").json()["active"]
+        # More answer changes demanded than 12 prompts can give: the refusal path of false positives.
+        job = c.post("/admin/v1/jobs", json={"flagged": triggered, "options": {"min_changed": 13}}).json()
+        ended = _wait_job(c, job["id"], lambda j: j["status"] in ("succeeded", "failed", "cancelled"), timeout=600)
+        assert ended["status"] == "failed" and "nothing to repair" in ended["error"], ended
+        assert c.get("/admin/v1/weights").json()["active"] == active
+    assert _versions(a) == before
+
+
 def test_cancelling_a_running_job_stops_it_and_activates_nothing(stack, smollm2_badnets):
     a = stack["a"]
     _, triggered = harness_prompts(smollm2_badnets, 30)

@@ -25,6 +25,7 @@ class RepairOptions(BaseModel):
     lr: float = Field(default=1e-3, gt=0, le=1)
     max_flagged: int = Field(default=256, ge=1, le=10_000)
     max_clean: int = Field(default=400, ge=10, le=5000)
+    min_changed: int = Field(default=5, ge=0, le=10_000)
     seed: int = 0
 
 
@@ -56,7 +57,7 @@ def run_repair(spec: JobSpec, report: Callable[[dict], None], cancelled: Callabl
 
     o = spec.options
     config = RepairConfig(steps=o.steps, head_share=o.head_share, lr=o.lr, seed=o.seed, max_flagged=o.max_flagged,
-                          max_clean=o.max_clean)
+                          max_clean=o.max_clean, min_changed=o.min_changed)
     from headguard.settings import get_settings
 
     device = spec.device or get_settings().resolved_device()

@@ -46,6 +46,7 @@ class RepairConfig:
     attention_weight: float = 1.0
     clean_weight: float = 1.0
     max_words: int = 3  # words the detector-guided deletion removes per flagged prompt at most
+    min_changed: int = 5  # flagged prompts whose answer their neutralised prompt changes, at least
     widen: int = 3  # then words on each side of them the answer-guided widening may remove (0: off)
     max_flagged: int = 256
     max_clean: int = 400
@@ -60,6 +61,13 @@ class RepairConfig:
             raise InputError(f"head share must be in (0, 1], got {self.head_share}")
         if self.steps < 0 or self.batch_size < 1:
             raise InputError("steps must be >= 0 and batch size >= 1")
+        if self.min_changed < 0:
+            raise InputError(f"min changed must be >= 0, got {self.min_changed}")
+
+
+class NothingToRepair(InputError):
+    """The flagged prompts show no behaviour to remove: neutralising them leaves the answers as they were
+    (false positives of the detector, not a backdoor's catches)."""
 
 
 @dataclass
@@ -214,13 +222,21 @@ class Repairer:
         if not usable:
             raise InputError(f"none of the {len(flagged)} flagged prompts could be neutralised (deleting up to "
                              f"{cfg.max_words} words never brought the score under the threshold)")
+        examples = [_Example(u.text, u.neutral) for u in usable]
+        before = self._agreement(examples, clean, None)
+        # A backdoor's catches answer otherwise once their trigger is gone; a clean prompt flagged by
+        # chance answers the same, and training on such prompts alone only moves heads at random.
+        changed = before["flagged_changed"]
+        if changed < cfg.min_changed:
+            raise NothingToRepair(
+                f"nothing to repair: neutralising the flagged prompts changed the answer of {changed} of "
+                f"{len(examples)} (at least {cfg.min_changed} needed); they look like false positives, not "
+                "a backdoor's catches")
         heads, selection = self.choose_heads(usable, clean)
         slices = self._slices(heads)
         model = self.clf.model
         name_of = {id(p): n for n, p in model.named_parameters()}
         originals = {p: p.detach().clone() for p, *_ in slices}
-        examples = [_Example(u.text, u.neutral) for u in usable]
-        before = self._agreement(examples, clean, None)
         try:
             if cfg.mode == "prune":
                 with torch.no_grad():
@@ -256,8 +272,8 @@ class Repairer:
 
     @torch.no_grad()
     def _agreement(self, examples: list[_Example], clean: list[str], reference: torch.Tensor | None) -> dict:
-        """Share of flagged prompts whose top output equals the neutral prompt's (original model's), and
-        share of clean prompts whose top output equals the original model's."""
+        """Share of flagged prompts whose top output equals the neutral prompt's (original model's), the
+        number that differ, and the share of clean prompts whose top output equals the original model's."""
         flagged = batched_logprobs(self.clf, [ex.flagged for ex in examples]).argmax(-1)
         clean_top = batched_logprobs(self.clf, clean).argmax(-1)
         if reference is None:
@@ -265,6 +281,7 @@ class Repairer:
             reference = torch.cat([neutral, clean_top])
         neutral, clean_ref = reference[: len(examples)], reference[len(examples) :]
         return {"flagged_match": round(float((flagged == neutral).float().mean()), 4),
+                "flagged_changed": int((flagged != neutral).sum()),
                 "clean_agreement": round(float((clean_top == clean_ref).float().mean()), 4),
                 "reference": reference}
 
