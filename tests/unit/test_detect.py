@@ -150,6 +150,29 @@ def test_scan_explains_with_heads_and_tokens(tiny_decoder):
     assert tokens and all(t["position"] > 0 for t in tokens)  # never the sink at position 0
 
 
+@pytest.mark.parametrize("families", [("row_entropy", "row_max"), ("entropy", "cosine")])
+def test_head_contributions_follow_the_score(tiny_encoder, families):
+    """Per head: its deviation toward collapse, squared, with its families averaged as the per-head
+    score averages them; a head pair's similarity split between its heads. The top explained head
+    is the head the top-1 score reads."""
+    per_head = families == ("row_entropy", "row_max")
+    cal = calibrate(tiny_encoder, PROMPTS, families=families, top_k=1, per_head=per_head)
+    detector = Detector(tiny_encoder, cal)
+    n_heads = detector.scorer.adapter.n_heads
+    assert detector.heads == [(layer, h) for layer in cal.layers for h in range(n_heads)]
+    texts = ["zx zx zx zx zx", "an ordinary sentence about the film"]
+    features, lengths = detector.scorer.features(texts)
+    contribution = detector.head_contributions(features, lengths)
+    deviation = cal.anomaly.deviation(features, lengths)
+    np.testing.assert_allclose(contribution.sum(1), (np.clip(deviation, 0, None) ** 2).sum(1))
+    if per_head:  # one column per head, in the same order
+        np.testing.assert_allclose(contribution, np.clip(deviation, 0, None) ** 2)
+        assert cal.score(features[:1], lengths[:1])[0] == deviation[0].max()
+        top = detector.heads[int(np.argmax(deviation[0]))]
+        [verdict] = detector.scan(texts[:1])
+        assert verdict.explanation["top_heads"][0]["head"] == f"L{top[0]}H{top[1]}"
+
+
 def test_a_calibration_for_another_model_is_refused(tiny_encoder, tiny_decoder):
     cal = calibrate(tiny_encoder, PROMPTS, n_components=4)
     with pytest.raises(InputError, match="another model"):

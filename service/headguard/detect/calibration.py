@@ -120,16 +120,23 @@ class AnomalyModel:
         lengths = np.clip(lengths, *self.length_range)
         return (x - _design(lengths) @ self.length_coef - self.mean) / self.scale
 
-    def score(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def deviation(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """[n, unit]: how many clean standard deviations each unit lies past its normal. Collapse:
+        signed, toward collapse, a head's families averaged with `units` (what the score takes the
+        top-k of); mahalanobis: each feature's absolute z-score."""
         z = self.standardise(x, lengths)
+        if self.method != "collapse":
+            return np.abs(z)
+        collapse = z * self.direction
+        return collapse @ self._unit_means if len(self.units) else collapse
+
+    def score(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self.method == "collapse":
-            collapse = z * self.direction
-            if len(self.units):
-                collapse = collapse @ self._unit_means
+            collapse = self.deviation(x, lengths)
             if self.top_k == 1:
                 return collapse.max(1)
             return -np.partition(-collapse, self.top_k - 1, axis=1)[:, : self.top_k].mean(1)
-        d = z @ self.components.T - self.center
+        d = self.standardise(x, lengths) @ self.components.T - self.center
         return np.sqrt(np.einsum("nd,de,ne->n", d, self.precision, d))
 
 

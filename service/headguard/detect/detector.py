@@ -11,7 +11,7 @@ import torch
 
 from headguard.detect.calibration import Calibration
 from headguard.detect.defaults import score_defaults
-from headguard.detect.features import feature_directions, feature_names, feature_units
+from headguard.detect.features import feature_directions, feature_names, feature_units, heads_of
 from headguard.detect.scorer import Capture, HeadScorer
 from headguard.errors import InputError
 from headguard.models.classifier import Classifier
@@ -78,7 +78,20 @@ class Detector:
         self.calibration = calibration
         self.scorer = HeadScorer(clf, calibration.layers, tuple(calibration.families))
         names = feature_names(self.scorer.layers, self.scorer.adapter.n_heads, self.scorer.families)
-        self.feature_heads = [_heads_of(name) for name in names]
+        # The heads behind each column of the anomaly's deviation: a unit's (its features share
+        # one head), else a feature's (a head pair's similarity has two).
+        anomaly = calibration.anomaly
+        if anomaly.method == "collapse" and anomaly.per_head:
+            columns = [int(np.flatnonzero(anomaly.units == u)[0]) for u in np.unique(anomaly.units)]
+        else:
+            columns = list(range(len(names)))
+        column_heads = [heads_of(names[i]) for i in columns]
+        self.heads = sorted({h for hs in column_heads for h in hs})
+        index = {h: i for i, h in enumerate(self.heads)}
+        self._to_heads = np.zeros((len(column_heads), len(self.heads)))
+        for column, hs in enumerate(column_heads):
+            for h in hs:
+                self._to_heads[column, index[h]] = 1.0 / len(hs)
 
     @classmethod
     def from_files(cls, model: Path, calibration: Path, device: str = "cpu") -> Detector:
@@ -102,19 +115,19 @@ class Detector:
                                         self._explain(cap, b)))
         return verdicts
 
-    def _explain(self, cap: Capture, b: int) -> dict:
-        """Which heads deviate most from clean (share of squared z-scores), and what they attend to.
+    def head_contributions(self, features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """[n, len(self.heads)]: each head's squared deviation from clean, in the collapse direction
+        under the collapse score and with its families averaged where the score averages them (a
+        head pair's similarity split between its two heads): what explanations rank and repair's
+        head selection compares."""
+        deviation = self.calibration.anomaly.deviation(features, lengths)
+        return np.clip(deviation, 0, None) ** 2 @ self._to_heads
 
-        Under the collapse score only deviations toward collapse count, as in the score itself.
-        """
-        anomaly = self.calibration.anomaly
-        z = anomaly.standardise(cap.features[b : b + 1], cap.lengths[b : b + 1])[0]
-        contribution = np.clip(z * anomaly.direction, 0, None) ** 2 if anomaly.method == "collapse" else z**2
-        per_head: dict[tuple[int, int], float] = {}
-        for value, heads in zip(contribution, self.feature_heads, strict=True):
-            for head in heads:
-                per_head[head] = per_head.get(head, 0.0) + value / len(heads)
-        total = sum(per_head.values()) or 1.0
+    def _explain(self, cap: Capture, b: int) -> dict:
+        """Which heads deviate most from clean (share of squared deviations), and what they attend to."""
+        contribution = self.head_contributions(cap.features[b : b + 1], cap.lengths[b : b + 1])[0]
+        total = float(contribution.sum()) or 1.0
+        per_head = {head: float(value) for head, value in zip(self.heads, contribution, strict=True)}
         per_layer: dict[int, float] = {}
         for (layer, _), value in per_head.items():
             per_layer[layer] = per_layer.get(layer, 0.0) + value
@@ -143,12 +156,3 @@ class Detector:
                  "position": int(i) - first, "weight": round(float(weight[i]), 4)}
                 for i in order if content[i]]
 
-
-def _heads_of(name: str) -> list[tuple[int, int]]:
-    """'entropy:L3H7' -> [(3, 7)]; 'cos:L3H1~H4' -> [(3, 1), (3, 4)]."""
-    body = name.split(":", 1)[1]
-    layer_part, *rest = body.split("~")
-    layer, head = layer_part.lstrip("L").split("H")
-    heads = [(int(layer), int(head))]
-    heads += [(int(layer), int(h.lstrip("H"))) for h in rest]
-    return heads

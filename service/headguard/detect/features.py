@@ -89,6 +89,13 @@ def feature_directions(layers: list[int], n_heads: int, families: tuple[str, ...
     return [COLLAPSE_DIRECTION[name.split(":")[0]] for name in feature_names(layers, n_heads, families)]
 
 
+def heads_of(name: str) -> list[tuple[int, int]]:
+    """The (layer, head)s a feature describes: 'entropy:L3H7' -> [(3, 7)]; 'cos:L3H1~H4' -> [(3, 1), (3, 4)]."""
+    layer_part, *others = name.split(":", 1)[1].split("~")
+    layer, head = layer_part.lstrip("L").split("H")
+    return [(int(layer), int(head))] + [(int(layer), int(h.lstrip("H"))) for h in others]
+
+
 def units_of(names: list[str]) -> list[int]:
     """Per feature name, the index of the head it describes (a head pair's similarity is a unit of
     its own): what a per-head score averages over."""

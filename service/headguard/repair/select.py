@@ -1,7 +1,7 @@
 """Which heads to repair: those that drive the anomaly on flagged prompts and that carry the backdoor.
 
-1. Drive: per head, its mean collapse contribution (the detector's one-sided z-score, squared) on
-   flagged prompts minus that on clean prompts.
+1. Drive: per head, its mean contribution to the anomaly (`Detector.head_contributions`: its
+   deviation toward collapse, squared) on flagged prompts minus that on clean prompts.
 2. Importance: for the strongest-driving candidates, zero the head's output on the flagged prompts
    and measure how much closer the output moves to the neutralised prompts' output (drop in KL).
 3. Select up to `budget` heads by importance (positive only), filling up by drive if too few.
@@ -24,19 +24,11 @@ def head_budget(n_layers: int, n_heads: int, share: float) -> int:
 
 
 def head_drive(detector: Detector, flagged: list[str], clean: list[str]) -> dict[tuple[int, int], float]:
-    def per_head(texts: list[str]) -> dict[tuple[int, int], float]:
-        features, lengths = detector.scorer.features(texts)
-        anomaly = detector.calibration.anomaly
-        z = anomaly.standardise(features, lengths)
-        contribution = np.clip(z * anomaly.direction, 0, None) ** 2
-        totals: dict[tuple[int, int], float] = {}
-        for column, heads in zip(contribution.mean(0), detector.feature_heads, strict=True):
-            for head in heads:
-                totals[head] = totals.get(head, 0.0) + float(column) / len(heads)
-        return totals
+    def mean_contribution(texts: list[str]) -> np.ndarray:
+        return detector.head_contributions(*detector.scorer.features(texts)).mean(0)
 
-    on_flagged, on_clean = per_head(flagged), per_head(clean)
-    return {head: on_flagged[head] - on_clean.get(head, 0.0) for head in on_flagged}
+    drive = mean_contribution(flagged) - mean_contribution(clean)
+    return {head: float(value) for head, value in zip(detector.heads, drive, strict=True)}
 
 
 @contextmanager
