@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from headguard.detect.calibration import Calibration
+from headguard.detect.calibration import SPREAD_FLOOR, Calibration
 from headguard.detect.defaults import ScoreDefaults, score_defaults
 from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units
 from headguard.detect.scorer import HeadScorer
@@ -49,6 +49,8 @@ def variants(n_layers: int, defaults: ScoreDefaults) -> list[dict]:
     half = n_layers // 2
     rows += [{**base, "layers": (0, half)}, {**base, "layers": (half, n_layers)}]
     rows += [{**base, "calibration_size": n} for n in (50, 100, 200)]
+    # Without the spread floor (calibration.SPREAD_FLOOR), at every calibration size.
+    rows += [{**base, "calibration_size": n, "spread_floor": 0.0} for n in (50, 100, 200, None)]
     return rows
 
 
@@ -154,17 +156,18 @@ def main() -> None:
     for v in variants(n_layers, score_defaults(clf.task.kind)):
         lo, hi = v.get("layers", (0, n_layers))
         cols = np.isin(family_of, v["families"]) & (layer_of >= lo) & (layer_of < hi)
-        size = v.get("calibration_size", len(groups["calibration"]))
+        size = v.get("calibration_size") or len(groups["calibration"])
         x, lengths = feats["calibration"]
         cal = Calibration.fit(x[:size][:, cols], lengths[:size], directions[cols], model_hash="-", layers=[],
                               families=list(v["families"]), method=v["method"],
                               n_components=v.get("n_components", 32), length_adjust=v.get("length_adjust", False),
-                              top_k=v.get("top_k", 1), units=units[cols] if v.get("per_head") else None)
+                              top_k=v.get("top_k", 1), units=units[cols] if v.get("per_head") else None,
+                              spread_floor=v.get("spread_floor", SPREAD_FLOOR))
         scores = {g: cal.score(f[:, cols], n) for g, (f, n) in feats.items()}
         row = {"variant": {**v, "layers": [lo, hi], "calibration_size": size}, **metrics(scores, cal.threshold)}
         results.append(row)
         print(json.dumps(row), flush=True)
-    for row in oracle_rows(feats, names, family_of):
+    for row in oracle_rows(feats, names, family_of) if "triggered" in feats else []:  # none on a clean model
         results.append(row)
         print(json.dumps(row), flush=True)
     out = args.out or Path(__file__).parent / "results" / f"{args.model.name}.ablation.json"

@@ -86,6 +86,7 @@ def ablation_table() -> str:
             method += f", top {v['top_k']}" if v["method"] == "collapse" and v.get("top_k", 1) > 1 else ""
             method += ", per head" if v.get("per_head") else ""
             method += ", length-adjusted" if v.get("length_adjust") else ""
+            method += ", no spread floor" if v.get("spread_floor") == 0 else ""
             lines.append(f"| {'+'.join(v['families'])} | {method} | {v['layers'][0]}–{v['layers'][1] - 1} | "
                          f"{v['calibration_size']} | {fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | "
                          f"{fmt(r['fpr_clean'])} | {fmt(r['fpr_controls'][worst])} ({worst}) |")

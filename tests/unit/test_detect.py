@@ -75,6 +75,23 @@ def test_collapse_score_is_the_mean_of_the_k_most_collapsed_heads():
         AnomalyModel.fit(x, np.ones(50), direction, top_k=7)
 
 
+def test_a_feature_almost_constant_on_clean_prompts_cannot_decide_the_score_alone():
+    """A feature pinned at its clamp on all but one clean prompt gets at least half the median spread,
+    so a small move of it is not read as thousands of standard deviations."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 6))
+    x[:, 0] = -9.2
+    x[7, 0] = -9.0
+    direction = np.ones(6)
+    floored = AnomalyModel.fit(x, np.ones(100), direction)
+    raw = AnomalyModel.fit(x, np.ones(100), direction, spread_floor=0.0)
+    spread = x.std(0)
+    np.testing.assert_allclose(raw.scale, spread + 1e-6)
+    np.testing.assert_allclose(floored.scale, np.maximum(spread, 0.5 * np.median(spread)) + 1e-6)
+    probe = np.r_[-8.9, np.zeros(5)][None]  # the pinned feature moves a little, nothing else does
+    assert raw.score(probe, np.ones(1))[0] > 10 and floored.score(probe, np.ones(1))[0] < 1
+
+
 def test_a_per_head_score_averages_each_heads_families_before_the_top_k(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 6))

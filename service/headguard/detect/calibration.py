@@ -1,10 +1,10 @@
 """The anomaly model fitted on clean prompts, its threshold, and its versioned file.
 
-Every feature is standardised over the clean prompts, optionally after removing a linear fit on
-log input length. The fit is only trusted over the lengths it saw: an input longer (or shorter)
-than every calibration prompt is adjusted as if it had the longest (shortest) calibration length,
-since the line extrapolated to inputs several times longer raised false positives more than it
-removed (docs/METHOD.md). Then:
+Every feature is standardised over the clean prompts (its spread floored at half the median
+spread), optionally after removing a linear fit on log input length. The fit is only trusted
+over the lengths it saw: an input longer (or shorter) than every calibration prompt is adjusted
+as if it had the longest (shortest) calibration length, since the line extrapolated to inputs
+several times longer raised false positives more than it removed (docs/METHOD.md). Then:
 
 - `collapse` (default): the score is the mean of the `top_k` largest standardised deviations, in
   the collapse direction, over all heads: "how many clean standard deviations the k most
@@ -36,6 +36,11 @@ from sklearn.model_selection import KFold
 from headguard.errors import InputError
 
 FORMAT_VERSION = 4  # 2: top_k; 3: length_range; 4: units
+# No feature's spread is taken below this share of the median spread: a feature almost constant
+# on the clean prompts (MiniLM's L0H2 heaviest-key share sits at the log-odds clamp on 98 % of
+# them) would otherwise read any movement as thousands of standard deviations, and decide the
+# threshold alone (docs/METHOD.md §5: with 50–200 prompts the encoder default caught 0.33–0.85).
+SPREAD_FLOOR = 0.5
 
 
 def _design(lengths: np.ndarray) -> np.ndarray:
@@ -75,7 +80,7 @@ class AnomalyModel:
     @classmethod
     def fit(cls, x: np.ndarray, lengths: np.ndarray, direction: np.ndarray, method: str = "collapse",
             n_components: int = 32, length_adjust: bool = False, top_k: int = 1,
-            units: np.ndarray | None = None) -> AnomalyModel:
+            units: np.ndarray | None = None, spread_floor: float = SPREAD_FLOOR) -> AnomalyModel:
         if method not in METHODS:
             raise InputError(f"unknown scoring method {method!r}; choose from {', '.join(METHODS)}")
         units = np.zeros(0) if units is None else np.asarray(units, dtype=np.float64)
@@ -89,8 +94,10 @@ class AnomalyModel:
         else:
             coef = np.zeros((2, x.shape[1]))
         r = x - _design(lengths) @ coef
+        spread = r.std(0)
+        scale = np.maximum(spread, spread_floor * np.median(spread)) + 1e-6
         # The median centres robustly: a few odd clean prompts must not shift every head's normal.
-        model = cls(method, coef, np.median(r, 0), r.std(0) + 1e-6, np.asarray(direction, dtype=np.float64),
+        model = cls(method, coef, np.median(r, 0), scale, np.asarray(direction, dtype=np.float64),
                     top_k=top_k, length_range=np.array([lengths.min(), lengths.max()], dtype=np.float64),
                     units=units)
         if method == "mahalanobis":
@@ -159,7 +166,8 @@ class Calibration:
     def fit(cls, features: np.ndarray, lengths: np.ndarray, direction: np.ndarray, *, model_hash: str,
             layers: list[int], families: list[str], method: str = "collapse", target_fpr: float = 0.01,
             n_components: int = 32, length_adjust: bool = False, top_k: int = 1,
-            units: np.ndarray | None = None, folds: int = 5, seed: int = 0) -> Calibration:
+            units: np.ndarray | None = None, spread_floor: float = SPREAD_FLOOR, folds: int = 5,
+            seed: int = 0) -> Calibration:
         if not 0 < target_fpr < 0.5:
             raise InputError(f"target FPR must be in (0, 0.5), got {target_fpr}")
         if len(features) < 2 * folds:
@@ -167,12 +175,12 @@ class Calibration:
         oof = np.empty(len(features))
         for fit_idx, held_idx in KFold(folds, shuffle=True, random_state=seed).split(features):
             model = AnomalyModel.fit(features[fit_idx], lengths[fit_idx], direction, method, n_components,
-                                     length_adjust, top_k, units)
+                                     length_adjust, top_k, units, spread_floor)
             oof[held_idx] = model.score(features[held_idx], lengths[held_idx])
         return cls(model_hash=model_hash, layers=list(layers), families=list(families), target_fpr=target_fpr,
                    threshold=float(np.quantile(oof, 1 - target_fpr)),
                    anomaly=AnomalyModel.fit(features, lengths, direction, method, n_components, length_adjust,
-                                            top_k, units),
+                                            top_k, units, spread_floor),
                    clean_scores=oof,
                    n_prompts=len(features))
 
