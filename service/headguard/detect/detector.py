@@ -78,20 +78,7 @@ class Detector:
         self.calibration = calibration
         self.scorer = HeadScorer(clf, calibration.layers, tuple(calibration.families))
         names = feature_names(self.scorer.layers, self.scorer.adapter.n_heads, self.scorer.families)
-        # The heads behind each column of the anomaly's deviation: a unit's (its features share
-        # one head), else a feature's (a head pair's similarity has two).
-        anomaly = calibration.anomaly
-        if anomaly.method == "collapse" and anomaly.per_head:
-            columns = [int(np.flatnonzero(anomaly.units == u)[0]) for u in np.unique(anomaly.units)]
-        else:
-            columns = list(range(len(names)))
-        column_heads = [heads_of(names[i]) for i in columns]
-        self.heads = sorted({h for hs in column_heads for h in hs})
-        index = {h: i for i, h in enumerate(self.heads)}
-        self._to_heads = np.zeros((len(column_heads), len(self.heads)))
-        for column, hs in enumerate(column_heads):
-            for h in hs:
-                self._to_heads[column, index[h]] = 1.0 / len(hs)
+        self.heads, self._to_heads = _deviation_heads(names, calibration)
 
     @classmethod
     def from_files(cls, model: Path, calibration: Path, device: str = "cpu") -> Detector:
@@ -156,3 +143,21 @@ class Detector:
                  "position": int(i) - first, "weight": round(float(weight[i]), 4)}
                 for i in order if content[i]]
 
+
+def _deviation_heads(names: list[str], calibration: Calibration) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """(heads, [deviation column, head] matrix) that shares each column of the anomaly's deviation
+    among the heads behind it: a unit's one head under per-head scoring, else a feature's (a head
+    pair's similarity has two)."""
+    anomaly = calibration.anomaly
+    if anomaly.method == "collapse" and anomaly.per_head:
+        columns = [int(np.flatnonzero(anomaly.units == u)[0]) for u in np.unique(anomaly.units)]
+    else:
+        columns = list(range(len(names)))
+    column_heads = [heads_of(names[i]) for i in columns]
+    heads = sorted({h for hs in column_heads for h in hs})
+    index = {h: i for i, h in enumerate(heads)}
+    matrix = np.zeros((len(column_heads), len(heads)))
+    for column, hs in enumerate(column_heads):
+        for h in hs:
+            matrix[column, index[h]] = 1.0 / len(hs)
+    return heads, matrix
