@@ -9,6 +9,7 @@
     python bench/report.py cost       # scoring cost, CPU and GPU (bench/detect_cost.py)
     python bench/report.py repair     # repair runs and their ablations (bench/repair.py)
     python bench/report.py serve      # the guard service under load (bench/serve_load.py)
+    python bench/report.py spread     # the spread floor against calibration size (bench/spread_floor.py)
 """
 
 from __future__ import annotations
@@ -232,9 +233,29 @@ def cost_table() -> str:
     return "\n".join(lines)
 
 
+def spread_table() -> str:
+    """bench/results/spread-floor.json: TPR and worst FPR against calibration size, without and with the floor."""
+    rows = json.loads((RESULTS / "spread-floor.json").read_text())
+    by = {(r["model"], r["spread_floor"]): {} for r in rows}
+    for r in rows:
+        size = r["calibration_size"] if r["draws"] > 1 else "all"
+        by[(r["model"], r["spread_floor"])][size] = r
+    sizes = [50, 100, 200, "all"]
+    lines = ["| model | spread floor | TPR@1%FPR 50 / 100 / 200 / all "
+             "| worst clean or control FPR 50 / 100 / 200 / all |", "|---|---|---|---|"]
+    for (model, floor), cells in by.items():
+        if floor not in (0.0, 0.5):
+            continue
+        tpr = " / ".join(fmt(cells[s].get("triggered")) for s in sizes)
+        worst = " / ".join(fmt(cells[s]["worst_fpr"]) for s in sizes)
+        lines.append(f"| {model} | {'off' if floor == 0 else floor} | {tpr} | {worst} |")
+    return "\n".join(lines)
+
+
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
 TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
-          "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "serve": serve_table, "cost": cost_table}
+          "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "serve": serve_table, "cost": cost_table,
+          "spread": spread_table}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())
