@@ -191,7 +191,7 @@ def repair_table() -> str:
 def _after(group: list[dict]) -> str:
     values = [r["flagged_match_neutral"]["after"] for r in group if r["flagged_match_neutral"]["after"] is not None]
     if not values:
-        return "refused: " + group[0].get("refused", "")[:60]
+        return "refused: " + group[0].get("refused", "").split(";")[0][:100]
     return f"{sum(values) / len(values):.2f}"
 
 
