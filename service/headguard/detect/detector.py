@@ -18,9 +18,8 @@ from headguard.models.classifier import Classifier
 from headguard.models.fingerprint import weights_hash
 
 TOP_K = 3
-# Below this many clean prompts the 1 % threshold is unreliable: on MiniLM BadNets the encoder
-# default caught nothing at 100 prompts (a head whose heaviest-key share never moved on so few
-# prompts gets a near-zero spread) and 0.95 of triggered inputs at 200 (docs/METHOD.md §5).
+# Below this many clean prompts the 1 % threshold is loose: with 50, the MiniLM lab models'
+# held-out false-positive rates ran at 2–8 % (docs/METHOD.md §5).
 RECOMMENDED_PROMPTS = 200
 
 log = logging.getLogger(__name__)
