@@ -19,12 +19,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-from headguard.detect.calibration import Calibration
 from headguard.detect.defaults import score_defaults
-from headguard.detect.features import COLLAPSE_DIRECTION, units_of
-from spread_floor import load
+from spread_floor import fit_default, load, rates
 
 SPECIAL_KEYS = 2  # [CLS] and [SEP]: in the whole row, not among the content keys
 
@@ -40,24 +37,15 @@ def length_normalised(x: np.ndarray, lengths: np.ndarray, names: list[str]) -> n
 
 
 def measure(x: dict, lengths: dict, names: list[str], variant: str) -> dict:
-    defaults = score_defaults("encoder")
     if variant == "length-normalised":
         x = {g: length_normalised(v, lengths[g], names) for g, v in x.items()}
-    direction = np.array([COLLAPSE_DIRECTION[n.split(":")[0]] for n in names])
-    cal = Calibration.fit(x["calibration"], lengths["calibration"], direction, model_hash="-", layers=[],
-                          families=list(defaults.families), top_k=defaults.top_k,
-                          units=np.array(units_of(names)) if defaults.per_head else None)
+    cal = fit_default(x["calibration"], lengths["calibration"], names)
     threshold = cal.threshold
     if variant == "conformal":
         oof = np.sort(cal.clean_scores)
         threshold = float(oof[min(int(np.ceil((len(oof) + 1) * (1 - cal.target_fpr))), len(oof)) - 1])
-    scores = {g: cal.score(x[g], lengths[g]) for g in x if g != "calibration"}
-    row = {g: round(float((s > threshold).mean()), 4) for g, s in scores.items()}
-    row["worst_fpr"] = max(v for g, v in row.items() if g != "triggered")
-    if "triggered" in scores:
-        y = np.r_[np.zeros(len(scores["clean"])), np.ones(len(scores["triggered"]))]
-        row["auroc"] = round(float(roc_auc_score(y, np.r_[scores["clean"], scores["triggered"]])), 4)
-    return row
+    row = rates({g: cal.score(x[g], lengths[g]) for g in x if g != "calibration"}, threshold)
+    return {k: round(v, 4) for k, v in row.items()}
 
 
 def main() -> None:

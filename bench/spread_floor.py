@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from headguard.detect.calibration import Calibration
+from headguard.detect.calibration import SPREAD_FLOOR, Calibration
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import COLLAPSE_DIRECTION, units_of
 
@@ -37,19 +37,29 @@ def load(path: Path, families: tuple[str, ...]) -> tuple[dict, dict, list[str]]:
     return x, lengths, [n for n, c in zip(names, cols, strict=True) if c]
 
 
-def measure(x: dict, lengths: dict, names: list[str], floor: float, idx: np.ndarray) -> dict:
+def fit_default(x: np.ndarray, lengths: np.ndarray, names: list[str],
+                spread_floor: float = SPREAD_FLOOR) -> Calibration:
+    """The encoder default calibrated on these clean features."""
     defaults = score_defaults("encoder")
     direction = np.array([COLLAPSE_DIRECTION[n.split(":")[0]] for n in names])
-    cal = Calibration.fit(x["calibration"][idx], lengths["calibration"][idx], direction, model_hash="-", layers=[],
-                          families=list(defaults.families), top_k=defaults.top_k,
-                          units=np.array(units_of(names)) if defaults.per_head else None, spread_floor=floor)
-    scores = {g: cal.score(x[g], lengths[g]) for g in x if g != "calibration"}
-    row = {g: float((s > cal.threshold).mean()) for g, s in scores.items()}
+    return Calibration.fit(x, lengths, direction, model_hash="-", layers=[], families=list(defaults.families),
+                           top_k=defaults.top_k, units=np.array(units_of(names)) if defaults.per_head else None,
+                           spread_floor=spread_floor)
+
+
+def rates(scores: dict[str, np.ndarray], threshold: float) -> dict:
+    """Per held-out group the share above the threshold, the worst of the clean groups, and AUROC."""
+    row = {g: float((s > threshold).mean()) for g, s in scores.items()}
     row["worst_fpr"] = max(v for g, v in row.items() if g != "triggered")
     if "triggered" in scores:
         y = np.r_[np.zeros(len(scores["clean"])), np.ones(len(scores["triggered"]))]
         row["auroc"] = float(roc_auc_score(y, np.r_[scores["clean"], scores["triggered"]]))
     return row
+
+
+def measure(x: dict, lengths: dict, names: list[str], floor: float, idx: np.ndarray) -> dict:
+    cal = fit_default(x["calibration"][idx], lengths["calibration"][idx], names, floor)
+    return rates({g: cal.score(x[g], lengths[g]) for g in x if g != "calibration"}, cal.threshold)
 
 
 def main() -> None:
