@@ -19,7 +19,7 @@ from headguard.models.fingerprint import weights_hash
 
 TOP_K = 3
 # Below this many clean prompts the 1 % threshold is loose: with 50, the MiniLM lab models'
-# held-out false-positive rates ran at 2–8 % (docs/METHOD.md §5).
+# worst held-out false-positive rates ran up to 8 % (docs/METHOD.md §5).
 RECOMMENDED_PROMPTS = 200
 
 log = logging.getLogger(__name__)
