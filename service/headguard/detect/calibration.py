@@ -127,6 +127,10 @@ class AnomalyModel:
         lengths = np.clip(lengths, *self.length_range)
         return (x - _design(lengths) @ self.length_coef - self.mean) / self.scale
 
+    @property
+    def _by_unit(self) -> bool:
+        return self.method == "collapse" and len(self.units) > 0
+
     def deviation(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """[n, unit]: how many clean standard deviations each unit lies past its normal. Collapse:
         signed, toward collapse, a head's families averaged with `units` (what the score takes the
@@ -135,7 +139,11 @@ class AnomalyModel:
         if self.method != "collapse":
             return np.abs(z)
         collapse = z * self.direction
-        return collapse @ self._unit_means if len(self.units) else collapse
+        return collapse @ self._unit_means if self._by_unit else collapse
+
+    def deviation_features(self) -> np.ndarray:
+        """Per column of `deviation`, the index of a feature it is made of (a unit's first)."""
+        return (self._unit_means > 0).argmax(0) if self._by_unit else np.arange(len(self.scale))
 
     def score(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self.method == "collapse":

@@ -147,12 +147,7 @@ def _deviation_heads(names: list[str], calibration: Calibration) -> tuple[list[t
     """(heads, [deviation column, head] matrix) that shares each column of the anomaly's deviation
     among the heads behind it: a unit's one head under per-head scoring, else a feature's (a head
     pair's similarity has two)."""
-    anomaly = calibration.anomaly
-    if anomaly.method == "collapse" and anomaly.per_head:
-        columns = [int(np.flatnonzero(anomaly.units == u)[0]) for u in np.unique(anomaly.units)]
-    else:
-        columns = list(range(len(names)))
-    column_heads = [heads_of(names[i]) for i in columns]
+    column_heads = [heads_of(names[i]) for i in calibration.anomaly.deviation_features()]
     heads = sorted({h for hs in column_heads for h in hs})
     index = {h: i for i, h in enumerate(heads)}
     matrix = np.zeros((len(column_heads), len(heads)))
