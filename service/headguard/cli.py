@@ -99,10 +99,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     cal = calibrate(clf, prompts, target_fpr=args.target_fpr, layers=_parse_layers(args.layers),
                     families=tuple(args.families.split(",")) if args.families else None, method=args.method,
                     n_components=args.components, length_adjust=args.length_adjust, top_k=args.top_k,
-                    per_head=args.per_head)
+                    per_head=args.per_head, coverage=args.coverage)
     cal.save(args.out)
     print(json.dumps({"calibration": str(args.out), "model_hash": cal.model_hash, "prompts": cal.n_prompts,
-                      "threshold": cal.threshold, "target_fpr": cal.target_fpr}))
+                      "coverage": cal.coverage, "threshold": cal.threshold, "target_fpr": cal.target_fpr}))
     return 0
 
 
@@ -218,6 +218,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _families() -> str:
+    from headguard.detect.features import FAMILIES
+
+    return ",".join(FAMILIES)
+
+
 def _by_kind(name: str) -> str:
     """One scoring default per model kind, for --help: 'encoder: ...; decoder: ...'."""
     from headguard.detect.defaults import DEFAULTS
@@ -286,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompts", type=Path, help="clean prompts, JSONL (default: a lab model's calibration split)")
     c.add_argument("--target-fpr", type=float, default=0.01)
     c.add_argument("--layers", help="layers to read, e.g. '10-19' (default: all)")
-    c.add_argument("--families", help="comma-separated feature families: row_entropy,row_max,entropy,max,sink,cosine "
+    c.add_argument("--families", help=f"comma-separated feature families: {_families()} "
                    f"(default: {_by_kind('families')})")
     c.add_argument("--length-adjust", action=argparse.BooleanOptionalAction, default=None,
                    help=f"regress features on log input length first (default: {_by_kind('length_adjust')})")
@@ -295,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--per-head", action=argparse.BooleanOptionalAction, default=None,
                    help="collapse: average each head's families first, so a head counts when its measures agree "
                    f"(default: {_by_kind('per_head')})")
+    c.add_argument("--coverage", action=argparse.BooleanOptionalAction, default=None,
+                   help="also calibrate on variants of the prompts with a line of code appended and of several "
+                   f"joined (default: {_by_kind('coverage')})")
     c.add_argument("--method", choices=["collapse", "mahalanobis"], default="collapse",
                    help="collapse: the k most collapsed heads; mahalanobis: PCA + Ledoit-Wolf distance")
     c.add_argument("--components", type=int, default=32, help="PCA dimensions (mahalanobis)")

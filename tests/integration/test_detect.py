@@ -19,7 +19,8 @@ def calibration(minilm_badnets, tmp_path_factory):
     out = tmp_path_factory.mktemp("cal") / "minilm.cal"
     proc = run_cli("calibrate", "--model", str(minilm_badnets), "--out", str(out))
     summary = json.loads(proc.stdout)
-    assert summary["prompts"] == 400 and summary["model_hash"].startswith("sha256:")
+    # The 400-prompt split, 100 of them with a line of code, and up to 100 joined (those within context).
+    assert summary["coverage"] and 500 <= summary["prompts"] <= 600 and summary["model_hash"].startswith("sha256:")
     return out
 
 

@@ -7,10 +7,12 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from headguard.detect.calibration import AnomalyModel, Calibration
+from headguard.detect.coverage import code_lines, coverage_prompts
 from headguard.detect.detector import Detector, calibrate
 from headguard.detect.features import FAMILIES, feature_names, feature_units, layer_features
 from headguard.detect.scorer import HeadScorer
 from headguard.errors import InputError
+from headguard.lab.controls import CODE_SNIPPETS
 
 PROMPTS = [f"clean prompt number {i} says {'good ' * (i % 5)}things about {'the film ' * (i % 3)}" for i in range(40)]
 
@@ -35,21 +37,22 @@ def test_feature_names_match_the_feature_vector(tiny_decoder):
 
 def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
     cal = calibrate(tiny_encoder, PROMPTS, target_fpr=0.05, n_components=4)
-    assert cal.n_prompts == len(PROMPTS) and len(cal.clean_scores) == len(PROMPTS)
+    n = len(PROMPTS) + len(coverage_prompts(PROMPTS))  # the encoder calibrates on coverage variants too
+    assert cal.coverage and cal.n_prompts == n and len(cal.clean_scores) == n
     assert cal.threshold == pytest.approx(np.quantile(cal.clean_scores, 0.95))
     path = tmp_path / "cal.safetensors"
     cal.save(path)
     again = Calibration.load(path)
-    assert again.model_hash == cal.model_hash and again.threshold == cal.threshold
+    assert again.model_hash == cal.model_hash and again.threshold == cal.threshold and again.coverage
     detector = Detector(tiny_encoder, again)
     np.testing.assert_allclose(detector.scores(PROMPTS[:5]), Detector(tiny_encoder, cal).scores(PROMPTS[:5]))
 
 
-@pytest.mark.parametrize(("fixture", "scoring"), [("tiny_encoder", (["row_entropy", "row_max"], 1, False, True)),
-                                                  ("tiny_decoder", (["entropy"], 3, False, False))])
+@pytest.mark.parametrize(("fixture", "scoring"), [("tiny_encoder", (["row_entropy", "row_max"], 2, False, True, True)),
+                                                  ("tiny_decoder", (["entropy"], 3, False, False, False))])
 def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, request, tmp_path):
     def settings(cal: Calibration) -> tuple:
-        return cal.families, cal.anomaly.top_k, cal.anomaly.length_adjusted, cal.anomaly.per_head
+        return cal.families, cal.anomaly.top_k, cal.anomaly.length_adjusted, cal.anomaly.per_head, cal.coverage
 
     cal = calibrate(request.getfixturevalue(fixture), PROMPTS)
     assert settings(cal) == scoring
@@ -130,6 +133,42 @@ def test_row_max_is_the_heaviest_content_keys_share_of_the_whole_row():
     odds = torch.tensor([0.05, 0.9])
     torch.testing.assert_close(value, torch.log(odds) - torch.log1p(-odds))
     assert feature_units([0, 1], 2, ("row_entropy", "row_max")) == [0, 1, 0, 1, 2, 3, 2, 3]
+
+
+def test_row_evenness_and_peak_read_a_row_against_its_own_key_count():
+    # An even row's evenness is the same over 4 keys as over 8 (its row entropy is not); its peak
+    # is the heaviest share's log-odds plus log key count, and padding keys do not count.
+    def features(n_keys: int, padding: int = 0) -> torch.Tensor:
+        rows = torch.tensor([[[1 / n_keys] * n_keys + [0.0] * padding]])
+        mask = torch.tensor([[True] * n_keys + [False] * padding])
+        content = mask.clone()
+        content[0, 0] = content[0, n_keys - 1] = False  # [CLS] and [SEP]
+        return layer_features(rows, content, ("row_entropy", "row_max", "row_evenness", "row_peak"), mask)[0]
+
+    four, eight = features(4), features(8)
+    assert four[0] != eight[0]
+    torch.testing.assert_close(four[2], eight[2])
+    torch.testing.assert_close(four[2], torch.tensor(np.log(1 + 1e-3), dtype=torch.float32))
+    for n, value in ((4, four), (8, eight)):
+        torch.testing.assert_close(value[3], torch.tensor(np.log(1 / (n - 1)) + np.log(n), dtype=torch.float32))
+    torch.testing.assert_close(features(4, padding=3), four)
+
+
+def test_coverage_variants_carry_code_or_several_prompts(tiny_encoder):
+    variants = coverage_prompts(PROMPTS)
+    assert variants == coverage_prompts(PROMPTS) and len(variants) == 2 * (len(PROMPTS) // 4)
+    code, joined = variants[:10], variants[10:]
+    lines = set(code_lines())
+    assert all(any(v == f"{p} {line}" for p in PROMPTS for line in lines) for v in code)
+    assert not lines & set(CODE_SNIPPETS)  # the lab's code control stays unseen
+    assert all(2 <= sum(p in v for p in PROMPTS) for v in joined)
+    assert coverage_prompts(PROMPTS[:3]) == []
+    # Variants past the model's context are left out: 200-word prompts, 512-token encoder.
+    long = [f"prompt {i} " + "word " * 200 for i in range(12)]
+    cal = calibrate(tiny_encoder, long, n_components=4)
+    fits = [v for v in coverage_prompts(long) if tiny_encoder.fits(v)]
+    assert cal.n_prompts == len(long) + len(fits) < len(long) + len(coverage_prompts(long))
+    assert calibrate(tiny_encoder, PROMPTS, coverage=False, n_components=4).n_prompts == len(PROMPTS)
 
 
 def test_the_length_fit_is_not_extrapolated_past_the_calibration_lengths(tmp_path):

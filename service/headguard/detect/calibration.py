@@ -167,6 +167,7 @@ class Calibration:
     anomaly: AnomalyModel
     clean_scores: np.ndarray  # out-of-fold scores of the calibration prompts
     n_prompts: int
+    coverage: bool = False  # the prompts included coverage variants (detect/coverage.py)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     version: int = FORMAT_VERSION
 
@@ -175,7 +176,7 @@ class Calibration:
             layers: list[int], families: list[str], method: str = "collapse", target_fpr: float = 0.01,
             n_components: int = 32, length_adjust: bool = False, top_k: int = 1,
             units: np.ndarray | None = None, spread_floor: float = SPREAD_FLOOR, folds: int = 5,
-            seed: int = 0) -> Calibration:
+            seed: int = 0, coverage: bool = False) -> Calibration:
         if not 0 < target_fpr < 0.5:
             raise InputError(f"target FPR must be in (0, 0.5), got {target_fpr}")
         if len(features) < 2 * folds:
@@ -190,7 +191,7 @@ class Calibration:
                    anomaly=AnomalyModel.fit(features, lengths, direction, method, n_components, length_adjust,
                                             top_k, units, spread_floor),
                    clean_scores=oof,
-                   n_prompts=len(features))
+                   n_prompts=len(features), coverage=coverage)
 
     def score(self, features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return self.anomaly.score(features, lengths)
@@ -200,7 +201,7 @@ class Calibration:
                 "method": self.anomaly.method, "top_k": str(self.anomaly.top_k),
                 "layers": json.dumps(self.layers), "families": json.dumps(self.families),
                 "target_fpr": repr(self.target_fpr), "threshold": repr(self.threshold),
-                "n_prompts": str(self.n_prompts), "created": self.created}
+                "n_prompts": str(self.n_prompts), "coverage": str(int(self.coverage)), "created": self.created}
         a = self.anomaly
         tensors = {"length_coef": a.length_coef, "mean": a.mean, "scale": a.scale, "direction": a.direction,
                    "components": a.components, "center": a.center, "precision": a.precision,
@@ -235,4 +236,5 @@ class Calibration:
         return cls(model_hash=meta["model_hash"], layers=json.loads(meta["layers"]),
                    families=json.loads(meta["families"]), target_fpr=float(meta["target_fpr"]),
                    threshold=float(meta["threshold"]), anomaly=anomaly, clean_scores=tensors["clean_scores"],
-                   n_prompts=int(meta["n_prompts"]), created=meta["created"], version=int(meta["version"]))
+                   n_prompts=int(meta["n_prompts"]), coverage=meta.get("coverage") == "1", created=meta["created"],
+                   version=int(meta["version"]))

@@ -1,13 +1,15 @@
 """The detector's measured defaults, by where the query row is read (docs/METHOD.md §5).
 
 An encoder reads the [CLS] row: its backdoor heads leave the [CLS]/[SEP] sinks to pile onto the
-trigger, and a few heads carry it (MiniLM: three heads of one layer), so the single most
-collapsed head scores. A head counts as collapsed when two views of its whole row (sinks
-included) agree, its entropy falling and one content key taking the sinks' mass: the two are
-averaged per head, which separates BadNets better than either alone. Features are not adjusted
-for length: a line fitted on short messages misjudged the same messages with a code snippet
-appended (MiniLM SMS clean control: 12.9 % of them flagged by the earlier, length-adjusted
-default; 1.2 % by this one).
+trigger, and a few heads carry it (MiniLM: three heads of one layer). A head counts as
+collapsed when two views of its whole row (sinks included) agree, its entropy falling and one
+content key taking the sinks' mass: the two are averaged per head. The mean of the two most
+collapsed heads scores, so one odd head on a clean input does not decide alone, and the prompts
+are calibrated on with their coverage variants (detect/coverage.py), so that code in a short
+message, or several messages joined, is not anomalous by that alone: on the MiniLM SMS models
+that kept every specificity control within 1 % where the single most collapsed head, calibrated
+on the messages alone, let 2–3 % through. Features are not adjusted for length: a line fitted
+on short messages misjudged the same messages with a code snippet appended.
 A decoder reads the last prompt token: how much of its row the first-token sink takes moves with
 length and content (code, long inputs), so the entropy over content keys only is read, and a
 LoRA backdoor spreads over many heads, so the mean of the three most collapsed heads scores,
@@ -25,10 +27,12 @@ class ScoreDefaults:
     top_k: int  # heads averaged into the collapse score
     length_adjust: bool  # features regressed on log input length first
     per_head: bool = False  # each head's families averaged before the top-k
+    coverage: bool = False  # code-bearing and joined variants of the prompts calibrated on too
 
 
 DEFAULTS = {
-    "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=1, length_adjust=False, per_head=True),
+    "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=2, length_adjust=False, per_head=True,
+                             coverage=True),
     "decoder": ScoreDefaults(families=("entropy",), top_k=3, length_adjust=False),
 }
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from headguard.detect.calibration import Calibration
+from headguard.detect.coverage import coverage_prompts
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import feature_directions, feature_names, feature_units, heads_of
 from headguard.detect.scorer import Capture, HeadScorer
@@ -40,11 +41,11 @@ class Verdict:
 def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, layers: list[int] | None = None,
               families: tuple[str, ...] | None = None, method: str = "collapse", n_components: int = 32,
               length_adjust: bool | None = None, top_k: int | None = None, per_head: bool | None = None,
-              model_hash: str | None = None) -> Calibration:
+              coverage: bool | None = None, model_hash: str | None = None) -> Calibration:
     """Fits the anomaly model and its threshold on clean prompts (never on the trigger).
 
-    Families, top_k, length adjustment and per-head averaging left unset take the defaults for
-    the model's kind.
+    Families, top_k, length adjustment, per-head averaging and coverage variants
+    (detect/coverage.py) left unset take the defaults for the model's kind.
     """
     if len(prompts) < RECOMMENDED_PROMPTS:
         log.warning("calibrating on %d prompts; %d or more are recommended: with fewer, the threshold "
@@ -54,6 +55,9 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     length_adjust = defaults.length_adjust if length_adjust is None else length_adjust
     top_k = defaults.top_k if top_k is None else top_k
     per_head = defaults.per_head if per_head is None else per_head
+    coverage = defaults.coverage if coverage is None else coverage
+    if coverage:  # variants past the model's context are left out, not truncated
+        prompts = list(prompts) + [p for p in coverage_prompts(list(prompts)) if clf.fits(p)]
     scorer = HeadScorer(clf, layers, families)
     features, lengths = scorer.features(prompts)
     direction = np.array(feature_directions(scorer.layers, scorer.adapter.n_heads, scorer.families))
@@ -61,7 +65,7 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     return Calibration.fit(features, lengths, direction, model_hash=model_hash or weights_hash(clf.model),
                            layers=scorer.layers, families=list(scorer.families), method=method,
                            target_fpr=target_fpr, n_components=n_components, length_adjust=length_adjust,
-                           top_k=top_k, units=units)
+                           top_k=top_k, units=units, coverage=coverage)
 
 
 class Detector:

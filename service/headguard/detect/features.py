@@ -4,13 +4,17 @@ A backdoor trigger makes many heads collapse onto the same few tokens: their row
 entropy, high max weight) and similar to each other. Features are computed over content keys
 only: attention sinks ([CLS], [SEP], a decoder's first token) and padding are excluded, because
 sinks make many heads look identical on every input.
+
+A row over few keys concentrates for want of keys: a 5-token message's [CLS] row looks collapsed
+next to a 40-token one's. `row_evenness` and `row_peak` read the whole row against its own key
+count (nothing fitted), so short and long inputs share one scale (docs/METHOD.md §2).
 """
 
 from __future__ import annotations
 
 import torch
 
-FAMILIES = ("row_entropy", "row_max", "entropy", "max", "sink", "cosine")
+FAMILIES = ("row_entropy", "row_max", "row_evenness", "row_peak", "entropy", "max", "sink", "cosine")
 
 
 def _keys(content: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -34,9 +38,11 @@ def _log_odds(p: torch.Tensor) -> torch.Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
-def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[str, ...]) -> torch.Tensor:
+def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[str, ...],
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """[batch, ..., head, key] probabilities -> [batch, ..., n_features]: one layer's features, or
-    each layer's at once from rows stacked as [batch, layer, head, key].
+    each layer's at once from rows stacked as [batch, layer, head, key]. `mask` [batch, key] marks
+    the real keys (default: every key); the `row_evenness` and `row_peak` families count them.
 
     Each feature is mapped to an unbounded scale (log entropy, log-odds of weights and
     similarities), where a collapse to ~0 entropy or ~1 weight lies far out, not at a wall.
@@ -50,6 +56,16 @@ def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[st
     if "row_max" in families:
         # The heaviest content key's share of the whole row: one token taking the sink's mass.
         out.append(_log_odds((rows * _keys(content, rows)).max(-1).values))
+    if "row_evenness" in families or "row_peak" in families:
+        n_keys = (torch.ones_like(content) if mask is None else mask).sum(-1).to(rows.dtype).clamp(min=2)
+        n_keys = n_keys.view(-1, *([1] * (rows.ndim - 2)))  # [batch, 1, ...]: one count for every head
+    if "row_evenness" in families:
+        # The whole row's entropy as a share of the most it could be, log(key count): 1 when even.
+        entropy = -(rows * torch.log(rows.clamp(min=1e-12))).sum(-1)
+        out.append(torch.log(entropy / torch.log(n_keys) + 1e-3))
+    if "row_peak" in families:
+        # The heaviest content key's share against an even share (log-odds plus log key count).
+        out.append(_log_odds((rows * _keys(content, rows)).max(-1).values) + torch.log(n_keys))
     if "entropy" in families:
         out.append(_log_entropy(p))
     if "max" in families:
@@ -81,7 +97,8 @@ def feature_names(layers: list[int], n_heads: int, families: tuple[str, ...]) ->
 
 # +1 where a larger feature value means more collapse onto few tokens, -1 where smaller does;
 # keyed by the prefix of a feature's name.
-COLLAPSE_DIRECTION = {"row_entropy": -1.0, "row_max": 1.0, "entropy": -1.0, "max": 1.0, "sink": -1.0, "cos": 1.0}
+COLLAPSE_DIRECTION = {"row_entropy": -1.0, "row_max": 1.0, "row_evenness": -1.0, "row_peak": 1.0,
+                      "entropy": -1.0, "max": 1.0, "sink": -1.0, "cos": 1.0}
 
 
 def feature_directions(layers: list[int], n_heads: int, families: tuple[str, ...]) -> list[float]:

@@ -86,7 +86,7 @@ class HeadScorer:
         with capture_rows(self.adapter, self.layers, query, mask, stop_early=stop_early) as rows:
             self.clf.model(**batch, **extra)
         # All layers at once (self.layers is ascending, as rows.stacked is), in feature_names() order.
-        feats = layer_features(rows.stacked, content, self.families).flatten(1)
+        feats = layer_features(rows.stacked, content, self.families, mask).flatten(1)
         lengths = content.sum(-1).cpu().numpy().astype(np.float64)
         return Capture(feats.cpu().numpy().astype(np.float64), lengths, rows, mask, content, batch["input_ids"])
 

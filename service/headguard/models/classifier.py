@@ -52,6 +52,10 @@ class Classifier:
         config = self.model.config
         return min(getattr(config, "max_position_embeddings", None) or 10**9, self.tokenizer.model_max_length)
 
+    def fits(self, text: str) -> bool:
+        """Whether the prompt for `text` lies within the model's context."""
+        return len(self.tokenizer(self.task.render(text))["input_ids"]) <= self.context_length
+
     def encode(self, texts: list[str], strict: bool = False) -> dict[str, torch.Tensor]:
         """Tokenised prompts. `strict` refuses an input past the model's context instead of truncating."""
         prompts = [self.task.render(t) for t in texts]
