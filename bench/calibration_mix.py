@@ -9,8 +9,9 @@ what that buys and costs, with the detector's defaults for the model's kind, on 
 `headguard lab eval` uses (200 held-out clean and triggered inputs; a clean control model's whole
 test split) and on its five specificity controls.
 
-Calibration sets (out-of-fold threshold at 1 % FPR, as `headguard calibrate`):
-- `split`: the lab model's clean calibration split (the default);
+Calibration sets (out-of-fold threshold at 1 % FPR, as `headguard calibrate`), fitted on
+features, so the encoder's own coverage variants (headguard/detect/coverage.py) are not added:
+- `split`: the lab model's clean calibration split;
 - `+code`: plus a copy of a quarter of them, each with one line of Python's own standard library
   source appended;
 - `+long`: plus a quarter as many prompts again, each four calibration prompts joined;
@@ -23,7 +24,6 @@ from the standard library's source and its long prompts from the calibration spl
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from detect_ablation import held_out_inputs, metrics
+from headguard.detect import coverage
 from headguard.detect.calibration import Calibration
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import FAMILIES, feature_directions, feature_units
@@ -40,26 +41,13 @@ from headguard.lab.controls import CODE_SNIPPETS
 from headguard.lab.splits import read_split
 from headguard.models.classifier import Classifier
 
-SHARE = 0.25  # mixed-in prompts, as a share of the calibration split
-STDLIB_MODULES = ("argparse", "textwrap", "shlex", "heapq", "bisect", "fractions", "json.decoder", "string")
-
-
-def stdlib_code_lines() -> list[str]:
-    """Statement-like lines (20–70 characters) of a few standard library modules' source."""
-    lines = []
-    for name in STDLIB_MODULES:
-        source = Path(importlib.util.find_spec(name).origin).read_text(encoding="utf-8")
-        for line in source.splitlines():
-            s = line.strip()
-            if 20 <= len(s) <= 70 and s[0] not in "#'\"" and any(c in s for c in "=(:[") and s not in CODE_SNIPPETS:
-                lines.append(s)
-    return lines
+SHARE = coverage.SHARE  # mixed-in prompts, as a share of the calibration split
 
 
 def mixes(calibration: list[str], seed: int = 0) -> dict[str, list[str]]:
     rng = random.Random(seed)
     n = max(1, int(SHARE * len(calibration)))
-    code_lines = stdlib_code_lines()
+    code_lines = [line for line in coverage.code_lines() if line not in CODE_SNIPPETS]
     code = [f"{t} {rng.choice(code_lines)}" for t in rng.sample(calibration, n)]
     long = [" ".join(rng.sample(calibration, 4)) for _ in range(n)]
     return {"split": calibration, "+code": calibration + code, "+long": calibration + long,

@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from headguard.detect.calibration import SPREAD_FLOOR, Calibration
+from headguard.detect.coverage import coverage_prompts
 from headguard.detect.defaults import ScoreDefaults, score_defaults
 from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units
 from headguard.detect.scorer import HeadScorer
@@ -37,14 +38,15 @@ def variants(n_layers: int, defaults: ScoreDefaults) -> list[dict]:
     """The rows of the ablation table; the first is the default for the model's kind, and most
     rows change one thing of it."""
     base = dict(families=defaults.families, method="collapse", top_k=defaults.top_k,
-                length_adjust=defaults.length_adjust, per_head=defaults.per_head)
+                length_adjust=defaults.length_adjust, per_head=defaults.per_head, coverage=defaults.coverage)
     rows = [base]
     rows += [{**base, "families": (f,), "per_head": False} for f in FAMILIES if (f,) != defaults.families]
     rows += [{**base, "top_k": k} for k in (1, 3, 5) if k != defaults.top_k]
     rows += [{**base, "length_adjust": not defaults.length_adjust}]
     if len(defaults.families) > 1:
         rows += [{**base, "per_head": not defaults.per_head}]
-    rows += [dict(families=fams, method="mahalanobis", length_adjust=True, n_components=k)
+    rows += [{**base, "coverage": not defaults.coverage}]
+    rows += [dict(families=fams, method="mahalanobis", length_adjust=True, n_components=k, coverage=defaults.coverage)
              for fams in [("row_entropy",), ("entropy",), ("cosine",), ("entropy", "max", "cosine")] for k in (8, 32)]
     half = n_layers // 2
     rows += [{**base, "layers": (0, half)}, {**base, "layers": (half, n_layers)}]
@@ -153,12 +155,19 @@ def main() -> None:
     layer_of = np.array([int(n.split(":")[1].split("H")[0][1:]) for n in names])
 
     results = []
+    coverage: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # calibration size -> coverage variants' features
     for v in variants(n_layers, score_defaults(clf.task.kind)):
         lo, hi = v.get("layers", (0, n_layers))
         cols = np.isin(family_of, v["families"]) & (layer_of >= lo) & (layer_of < hi)
         size = v.get("calibration_size") or len(groups["calibration"])
         x, lengths = feats["calibration"]
-        cal = Calibration.fit(x[:size][:, cols], lengths[:size], directions[cols], model_hash="-", layers=[],
+        x, lengths = x[:size], lengths[:size]
+        if v.get("coverage"):  # as headguard calibrate: the prompts' coverage variants too
+            if size not in coverage:
+                coverage[size] = scorer.features([t for t in coverage_prompts(groups["calibration"][:size])
+                                                  if clf.fits(t)])
+            x, lengths = np.r_[x, coverage[size][0]], np.r_[lengths, coverage[size][1]]
+        cal = Calibration.fit(x[:, cols], lengths, directions[cols], model_hash="-", layers=[],
                               families=list(v["families"]), method=v["method"],
                               n_components=v.get("n_components", 32), length_adjust=v.get("length_adjust", False),
                               top_k=v.get("top_k", 1), units=units[cols] if v.get("per_head") else None,

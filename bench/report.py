@@ -10,6 +10,7 @@
     python bench/report.py repair     # repair runs and their ablations (bench/repair.py)
     python bench/report.py serve      # the guard service under load (bench/serve_load.py)
     python bench/report.py spread     # the spread floor against calibration size (bench/spread_floor.py)
+    python bench/report.py encoder    # encoder settings with and without coverage variants (bench/encoder_settings.py)
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def ablation_table() -> str:
             method += ", per head" if v.get("per_head") else ""
             method += ", length-adjusted" if v.get("length_adjust") else ""
             method += ", no spread floor" if v.get("spread_floor") == 0 else ""
+            method += ", + coverage" if v.get("coverage") else ""
             lines.append(f"| {'+'.join(v['families'])} | {method} | {v['layers'][0]}–{v['layers'][1] - 1} | "
                          f"{v['calibration_size']} | {fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | "
                          f"{fmt(r['fpr_clean'])} | {fmt(r['fpr_controls'][worst])} ({worst}) |")
@@ -137,7 +139,8 @@ def sweep_table() -> str:
     for path in sorted(RESULTS.glob("*.sweep.json")):
         data = json.loads(path.read_text())
         rows = [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
-        default = next(r for r in rows if all(r[c] == v for c, v in data["default"].items()))
+        # Grid rows have no coverage column: they are calibrated on the sets named, nothing added.
+        default = next((r for r in rows if all(r.get(c, False) == v for c, v in data["default"].items())), None)
         specific = [r for r in rows if max(r["fpr_clean"], *r["fpr_controls"].values()) <= 0.02]
         split = [r for r in specific if r["calibration"] == "split"]
         picks = [("default", default)]
@@ -148,7 +151,8 @@ def sweep_table() -> str:
             picks.append((label, max(pool, key=key) if pool else None))
         for label, r in picks:
             if r is None:
-                lines.append(f"| {data['model']} | {label} | none keeps every control ≤ 2 % | | | | |")
+                missing = "not in this grid" if label == "default" else "none keeps every control ≤ 2 %"
+                lines.append(f"| {data['model']} | {label} | {missing} | | | | |")
                 continue
             lines.append(f"| {data['model']} | {label} | {_setting(r)} | {fmt(r['auroc'])} | "
                          f"{fmt(r['tpr_at_fpr_1pct'])} | {fmt(r['fpr_clean'])} | {controls_cell(r['fpr_controls'])} |")
@@ -252,10 +256,41 @@ def spread_table() -> str:
     return "\n".join(lines)
 
 
+def _worst_fpr(r: dict) -> tuple[float, str]:
+    """(rate, group) of the clean group or control with the most false positives."""
+    return max((r["fpr_clean"], "clean"), *((v, g) for g, v in r["fpr_controls"].items()))
+
+
+def encoder_table() -> str:
+    """bench/results/encoder-settings.json: each encoder setting summarised over the MiniLM lab models."""
+    rows = json.loads((RESULTS / "encoder-settings.json").read_text())
+    settings: dict[tuple, list[dict]] = {}
+    for r in rows:
+        settings.setdefault((tuple(r["families"]), r["top_k"], r["coverage"]), []).append(r)
+
+    def at(group: list[dict], name: str) -> dict:
+        return next((r for r in group if r["model"] == name), {})
+
+    lines = ["| families | top k | coverage | TPR@1%FPR BadNets movies / SMS (seed 0; seed 1) "
+             "| AUROC AddSent / composite / synonym, worst of movies and SMS "
+             "| models with clean and every control ≤ 2 % | worst FPR |", "|---|---|---|---|---|---|---|"]
+    for (families, k, coverage), group in settings.items():
+        tpr = "; ".join(" / ".join(fmt(at(group, f"minilm-{d}-badnets-s{seed}").get("tpr_at_fpr_1pct"))
+                                   for d in ("movies", "sms")) for seed in (0, 1))
+        auroc = " / ".join(fmt(min((at(group, f"minilm-{d}-{a}-s0").get("auroc") or 1.0) for d in ("movies", "sms")))
+                           for a in ("addsent", "composite", "synonym"))
+        passing = sum(_worst_fpr(r)[0] <= 0.02 for r in group)
+        value, where = max((_worst_fpr(r)[0], f"{r['model'].removeprefix('minilm-')}, {_worst_fpr(r)[1]}")
+                           for r in group)
+        lines.append(f"| {'+'.join(families)} | {k} | {'on' if coverage else 'off'} | {tpr} "
+                     f"| {auroc} | {passing} of {len(group)} | {fmt(value)} ({where}) |")
+    return "\n".join(lines)
+
+
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
 TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
           "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "serve": serve_table, "cost": cost_table,
-          "spread": spread_table}
+          "spread": spread_table, "encoder": encoder_table}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())

@@ -134,8 +134,10 @@ def main() -> None:
                      "length_adjust": length_adjust, "calibration": cal, **metrics(scores, threshold)})
     out = Path(__file__).parent / "results" / f"{args.model.name}.sweep.json"
     aggregation = "per-head" if defaults.per_head else "collapse"
+    # Coverage variants (headguard/detect/coverage.py) join 2-4 prompts, unlike this grid's +long: a
+    # default with coverage is not in the grid, and the report says so.
     default = {"families": list(defaults.families), "aggregation": aggregation, "top_k": defaults.top_k,
-               "length_adjust": defaults.length_adjust, "calibration": "split"}
+               "length_adjust": defaults.length_adjust, "calibration": "split", "coverage": defaults.coverage}
     head = json.dumps({"model": args.model.name, "attack": lab["attack"], "default": default,
                        "inputs": {g: len(t) for g, t in inputs.items()}, "columns": COLUMNS})
     out.write_text(head[:-1] + ', "rows": [\n' + ",\n".join(json.dumps(as_row(r)) for r in rows) + "\n]}\n")

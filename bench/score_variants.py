@@ -3,13 +3,15 @@
     .venv/bin/python bench/score_variants.py FEATURES.npz ... [--out bench/results/score-variants.json]
 
 FEATURES.npz are the files `bench/detect_ablation.py MODEL --features FILE` saves. Variants of the
-encoder default (headguard/detect/defaults.py), each calibrated on the whole calibration split:
+encoder default of the time (spread_floor.MEASURED_WITH: top 1, no coverage variants), each
+calibrated on the whole calibration split:
 
 - default: as shipped (the threshold is the 99th percentile of the out-of-fold clean scores);
 - conformal: the threshold is the ceil((n + 1) * 0.99)-th smallest out-of-fold score instead;
 - length-normalised: row entropy divided by the log of the row's key count (content keys, [CLS]
   and [SEP]), and the heaviest share's log-odds plus the log of the key count, both structural
-  (nothing fitted), against short inputs whose rows concentrate for want of keys.
+  (nothing fitted), against short inputs whose rows concentrate for want of keys: the
+  `row_evenness` and `row_peak` families (headguard/detect/features.py) compute the same.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headguard.detect.defaults import score_defaults
-from spread_floor import fit_default, load, rates
+from spread_floor import MEASURED_WITH, fit_default, load, rates
 
 SPECIAL_KEYS = 2  # [CLS] and [SEP]: in the whole row, not among the content keys
 
@@ -55,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for path in args.features:
-        x, lengths, names = load(path, score_defaults("encoder").families)
+        x, lengths, names = load(path, MEASURED_WITH.families)
         for variant in ("default", "conformal", "length-normalised"):
             rows.append({"model": path.stem, "variant": variant, **measure(x, lengths, names, variant)})
             print(json.dumps(rows[-1]), flush=True)
