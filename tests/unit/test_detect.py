@@ -48,7 +48,7 @@ def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
     np.testing.assert_allclose(detector.scores(PROMPTS[:5]), Detector(tiny_encoder, cal).scores(PROMPTS[:5]))
 
 
-@pytest.mark.parametrize(("fixture", "scoring"), [("tiny_encoder", (["row_entropy", "row_max"], 2, False, True, True)),
+@pytest.mark.parametrize(("fixture", "scoring"), [("tiny_encoder", (["row_entropy", "row_max"], 1, False, True, True)),
                                                   ("tiny_decoder", (["entropy"], 3, False, False, False))])
 def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, request, tmp_path):
     def settings(cal: Calibration) -> tuple:

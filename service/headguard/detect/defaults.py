@@ -1,14 +1,13 @@
 """The detector's measured defaults, by where the query row is read (docs/METHOD.md §5).
 
 An encoder reads the [CLS] row: its backdoor heads leave the [CLS]/[SEP] sinks to pile onto the
-trigger, and a few heads carry it (MiniLM: three heads of one layer). A head counts as
-collapsed when two views of its whole row (sinks included) agree, its entropy falling and one
-content key taking the sinks' mass: the two are averaged per head. The mean of the two most
-collapsed heads scores, so one odd head on a clean input does not decide alone, and the prompts
-are calibrated on with their coverage variants (detect/coverage.py), so that code in a short
-message, or several messages joined, is not anomalous by that alone: on the MiniLM SMS models
-that kept every specificity control within 1 % where the single most collapsed head, calibrated
-on the messages alone, let 2–3 % through. Features are not adjusted for length: a line fitted
+trigger, and a few heads carry it (MiniLM: three heads of one layer), so the single most
+collapsed head scores. A head counts as collapsed when two views of its whole row (sinks
+included) agree, its entropy falling and one content key taking the sinks' mass: the two are
+averaged per head. The prompts are calibrated on with their coverage variants
+(detect/coverage.py), so that code in a short message, or several messages joined, is not
+anomalous by that alone: on MiniLM SMS BadNets that kept every specificity control within 1 %
+where the messages alone let 2–3 % through. Features are not adjusted for length: a line fitted
 on short messages misjudged the same messages with a code snippet appended.
 A decoder reads the last prompt token: how much of its row the first-token sink takes moves with
 length and content (code, long inputs), so the entropy over content keys only is read, and a
@@ -31,7 +30,7 @@ class ScoreDefaults:
 
 
 DEFAULTS = {
-    "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=2, length_adjust=False, per_head=True,
+    "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=1, length_adjust=False, per_head=True,
                              coverage=True),
     "decoder": ScoreDefaults(families=("entropy",), top_k=3, length_adjust=False),
 }
