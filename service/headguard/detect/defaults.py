@@ -6,7 +6,7 @@ collapsed head scores. A head counts as collapsed when two views of its whole ro
 included) agree, its entropy falling and one content key taking the sinks' mass: the two are
 averaged per head. The prompts are calibrated on with their coverage variants
 (detect/coverage.py), so that code in a short message, or several messages joined, is not
-anomalous by that alone: on MiniLM SMS BadNets that kept every specificity control within 1 %
+anomalous by that alone: on MiniLM SMS BadNets that kept every specificity control within 1.5 %
 where the messages alone let 2–3 % through. Features are not adjusted for length: a line fitted
 on short messages misjudged the same messages with a code snippet appended.
 A decoder reads the last prompt token: how much of its row the first-token sink takes moves with
