@@ -28,9 +28,14 @@ def content_rows(rows: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     return p / p.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy of distributions along the last axis (zeros contribute nothing)."""
+    return -(p * torch.log(p.clamp(min=1e-12))).sum(-1)
+
+
 def _log_entropy(p: torch.Tensor) -> torch.Tensor:
-    """log(H + 1e-3) of distributions along the last axis (zeros contribute nothing)."""
-    return torch.log(-(p * torch.log(p.clamp(min=1e-12))).sum(-1) + 1e-3)
+    """log(H + 1e-3): a collapse to H ~ 0 lies far out, not at a wall."""
+    return torch.log(_entropy(p) + 1e-3)
 
 
 def _log_odds(p: torch.Tensor) -> torch.Tensor:
@@ -61,8 +66,7 @@ def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[st
         n_keys = n_keys.view(-1, *([1] * (rows.ndim - 2)))  # [batch, 1, ...]: one count for every head
     if "row_evenness" in families:
         # The whole row's entropy as a share of the most it could be, log(key count): 1 when even.
-        entropy = -(rows * torch.log(rows.clamp(min=1e-12))).sum(-1)
-        out.append(torch.log(entropy / torch.log(n_keys) + 1e-3))
+        out.append(torch.log(_entropy(rows) / torch.log(n_keys) + 1e-3))
     if "row_peak" in families:
         # The heaviest content key's share against an even share (log-odds plus log key count).
         out.append(_log_odds((rows * _keys(content, rows)).max(-1).values) + torch.log(n_keys))
