@@ -20,8 +20,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from headguard.detect.calibration import SPREAD_FLOOR, Calibration
-from headguard.detect.coverage import coverage_prompts
 from headguard.detect.defaults import ScoreDefaults, score_defaults
+from headguard.detect.detector import coverage_within_context
 from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.attacks import Attack
@@ -164,8 +164,7 @@ def main() -> None:
         x, lengths = x[:size], lengths[:size]
         if v.get("coverage"):  # as headguard calibrate: the prompts' coverage variants too
             if size not in coverage:
-                coverage[size] = scorer.features([t for t in coverage_prompts(groups["calibration"][:size])
-                                                  if clf.fits(t)])
+                coverage[size] = scorer.features(coverage_within_context(clf, groups["calibration"][:size]))
             x, lengths = np.r_[x, coverage[size][0]], np.r_[lengths, coverage[size][1]]
         cal = Calibration.fit(x[:, cols], lengths, directions[cols], model_hash="-", layers=[],
                               families=list(v["families"]), method=v["method"],

@@ -27,7 +27,7 @@ import numpy as np
 
 from detect_ablation import held_out_inputs, metrics
 from headguard.detect.calibration import Calibration
-from headguard.detect.coverage import coverage_prompts
+from headguard.detect.detector import coverage_within_context
 from headguard.detect.features import COLLAPSE_DIRECTION, feature_names, units_of
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.build import read_manifest
@@ -45,7 +45,7 @@ def measure(model: Path) -> list[dict]:
     scorer = HeadScorer(clf, families=families)
     limit = len(read_split(model, "test")) if lab["attack"] == "clean" else 200
     split = [ex.text for ex in read_split(model, "calibration")]
-    groups = {"split": split, "coverage": [t for t in coverage_prompts(split) if clf.fits(t)],
+    groups = {"split": split, "coverage": coverage_within_context(clf, split),
               **held_out_inputs(model, lab, limit)}
     feats = {g: scorer.features(texts) for g, texts in groups.items()}
     names = feature_names(scorer.layers, scorer.adapter.n_heads, scorer.families)

@@ -56,8 +56,8 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     top_k = defaults.top_k if top_k is None else top_k
     per_head = defaults.per_head if per_head is None else per_head
     coverage = defaults.coverage if coverage is None else coverage
-    if coverage:  # variants past the model's context are left out, not truncated
-        prompts = list(prompts) + [p for p in coverage_prompts(list(prompts)) if clf.fits(p)]
+    if coverage:
+        prompts = list(prompts) + coverage_within_context(clf, list(prompts))
     scorer = HeadScorer(clf, layers, families)
     features, lengths = scorer.features(prompts)
     direction = np.array(feature_directions(scorer.layers, scorer.adapter.n_heads, scorer.families))
@@ -66,6 +66,12 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
                            layers=scorer.layers, families=list(scorer.families), method=method,
                            target_fpr=target_fpr, n_components=n_components, length_adjust=length_adjust,
                            top_k=top_k, units=units, coverage=coverage)
+
+
+def coverage_within_context(clf: Classifier, prompts: list[str]) -> list[str]:
+    """The prompts' coverage variants that fit the model's context (the others are left out, not
+    truncated): what `calibrate` adds for an encoder."""
+    return [p for p in coverage_prompts(prompts) if clf.fits(p)]
 
 
 class Detector:
