@@ -5,7 +5,7 @@
 # its config (bench/detect_cost.py --random-weights). A MODELS_DIR/../work/<model>/ folder, if any,
 # holds that model's calibration and flagged prompts, and bench/repair.py repairs that model.
 # DEVICE, BATCHES, REPEATS, DTYPES, SEEDS (the repair's, comma-separated) and COST_MODELS (the folder
-# names to time; default every one) override the defaults (a CPU dry run: DEVICE=cpu BATCHES=1 REPEATS=1).
+# names to time, or none; default every one) override the defaults (a CPU dry run: DEVICE=cpu BATCHES=1 REPEATS=1).
 set -uo pipefail
 models=$1 out=$2
 device=${DEVICE:-cuda} batches=${BATCHES:-1 8 64} repeats=${REPEATS:-20} dtypes=${DTYPES:-float16 bfloat16} seeds=${SEEDS:-0}
@@ -19,7 +19,7 @@ for dir in "$models"/*/; do
     dir=${dir%/}
     case " ${COST_MODELS:-$(basename "$dir")} " in *" $(basename "$dir") "*) ;; *) continue ;; esac
     weights=()
-    [ -e "$dir/model.safetensors" ] || weights=(--random-weights)
+    compgen -G "$dir/*.safetensors" >/dev/null || weights=(--random-weights)  # one file or shards
     for dtype in $dtypes; do
         # shellcheck disable=SC2086  # batches is a list
         python3 bench/detect_cost.py "$dir" "${weights[@]}" --device "$device" --dtype "$dtype" \
