@@ -10,7 +10,8 @@
     python bench/report.py repair     # repair runs and their ablations (bench/repair.py)
     python bench/report.py serve      # the guard service under load (bench/serve_load.py)
     python bench/report.py spread     # the spread floor against calibration size (bench/spread_floor.py)
-    python bench/report.py encoder    # encoder settings with and without coverage variants (bench/encoder_settings.py)
+    python bench/report.py encoder    # encoder settings with and without coverage variants (bench/score_settings.py)
+    python bench/report.py decoder    # decoder settings, likewise
 """
 
 from __future__ import annotations
@@ -287,10 +288,35 @@ def encoder_table() -> str:
     return "\n".join(lines)
 
 
+def decoder_table() -> str:
+    """bench/results/decoder-settings.json: each decoder setting on each SmolLM2 lab model measured."""
+    rows = json.loads((RESULTS / "decoder-settings.json").read_text())
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    settings: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        settings.setdefault((tuple(r["families"]), r["top_k"], r["per_head"], r["coverage"]), {})[r["model"]] = r
+    lines = ["| families | top k | per head | coverage | "
+             + " | ".join(f"{m.removeprefix('smollm2-')}: AUROC / TPR@1%FPR / worst FPR" for m in models) + " |",
+             "|---|---|---|---|" + "---|" * len(models)]
+    for (families, k, per_head, coverage), by_model in settings.items():
+        cells = []
+        for m in models:
+            r = by_model.get(m)
+            if r is None:
+                cells.append("—")
+                continue
+            value, where = _worst_fpr(r)
+            ranked = f"{fmt(r['auroc'])} / {fmt(r['tpr_at_fpr_1pct'])} / " if r["auroc"] is not None else ""
+            cells.append(f"{ranked}{fmt(value)} ({where})")
+        lines.append(f"| {'+'.join(families)} | {k} | {'yes' if per_head else 'no'} | {'on' if coverage else 'off'} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
 TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
           "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "serve": serve_table, "cost": cost_table,
-          "spread": spread_table, "encoder": encoder_table}
+          "spread": spread_table, "encoder": encoder_table, "decoder": decoder_table}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())
