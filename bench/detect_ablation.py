@@ -45,7 +45,7 @@ def variants(n_layers: int, defaults: ScoreDefaults) -> list[dict]:
     rows += [{**base, "length_adjust": not defaults.length_adjust}]
     if len(defaults.families) > 1:
         rows += [{**base, "per_head": not defaults.per_head}]
-    rows += [{**base, "coverage": not defaults.coverage}]
+    rows += [{**base, "coverage": () if defaults.coverage else ("python",)}]
     rows += [dict(families=fams, method="mahalanobis", length_adjust=True, n_components=k, coverage=defaults.coverage)
              for fams in [("row_entropy",), ("entropy",), ("cosine",), ("entropy", "max", "cosine")] for k in (8, 32)]
     half = n_layers // 2

@@ -102,7 +102,7 @@ def _calibrate(args: argparse.Namespace) -> int:
                     per_head=args.per_head, coverage=args.coverage)
     cal.save(args.out)
     print(json.dumps({"calibration": str(args.out), "model_hash": cal.model_hash, "prompts": cal.n_prompts,
-                      "coverage": cal.coverage, "threshold": cal.threshold, "target_fpr": cal.target_fpr}))
+                      "coverage": list(cal.coverage), "threshold": cal.threshold, "target_fpr": cal.target_fpr}))
     return 0
 
 
@@ -231,7 +231,7 @@ def _by_kind(name: str) -> str:
     def shown(value) -> str:
         if isinstance(value, bool):
             return "on" if value else "off"
-        return ",".join(value) if isinstance(value, tuple) else str(value)
+        return (",".join(value) or "off") if isinstance(value, tuple) else str(value)
     return "; ".join(f"{kind}: {shown(getattr(d, name))}" for kind, d in DEFAULTS.items())
 
 
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default: {_by_kind('per_head')})")
     c.add_argument("--coverage", action=argparse.BooleanOptionalAction, default=None,
                    help="also calibrate on variants of the prompts with a line of code appended and of several "
-                   f"joined (default: {_by_kind('coverage')})")
+                   f"joined (default, by code source: {_by_kind('coverage')})")
     c.add_argument("--method", choices=["collapse", "mahalanobis"], default="collapse",
                    help="collapse: the k most collapsed heads; mahalanobis: PCA + Ledoit-Wolf distance")
     c.add_argument("--components", type=int, default=32, help="PCA dimensions (mahalanobis)")

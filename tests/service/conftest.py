@@ -53,7 +53,7 @@ def tiny_model(tmp_path_factory, clean_texts) -> tuple[Path, Path]:
                          bos_token_id=tokenizer.cls_token_id)
     # Not the decoder defaults, so that a recalibration that forgot them would show.
     return _save_and_calibrate(folder, LlamaForCausalLM(config), tokenizer, SENTIMENT, clean_texts[:120],
-                               "--top-k", "2", "--length-adjust", "--per-head")
+                               "--top-k", "2", "--length-adjust", "--per-head", "--no-coverage")
 
 
 @pytest.fixture(scope="session")

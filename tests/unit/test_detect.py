@@ -48,8 +48,8 @@ def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
     np.testing.assert_allclose(detector.scores(PROMPTS[:5]), Detector(tiny_encoder, cal).scores(PROMPTS[:5]))
 
 
-@pytest.mark.parametrize(("fixture", "scoring"), [("tiny_encoder", (["row_entropy", "row_max"], 1, False, True, True)),
-                                                  ("tiny_decoder", (["entropy"], 3, False, False, False))])
+@pytest.mark.parametrize(("fixture", "scoring"), [("tiny_encoder", (["row_entropy", "row_max"], 1, False, True, ("python",))),
+                                                  ("tiny_decoder", (["entropy"], 3, False, False, ()))])
 def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, request, tmp_path):
     def settings(cal: Calibration) -> tuple:
         return cal.families, cal.anomaly.top_k, cal.anomaly.length_adjusted, cal.anomaly.per_head, cal.coverage
@@ -169,6 +169,32 @@ def test_coverage_variants_carry_code_or_several_prompts(tiny_encoder):
     fits = [v for v in coverage_prompts(long) if tiny_encoder.fits(v)]
     assert cal.n_prompts == len(long) + len(fits) < len(long) + len(coverage_prompts(long))
     assert calibrate(tiny_encoder, PROMPTS, coverage=False, n_components=4).n_prompts == len(PROMPTS)
+
+
+def test_each_code_source_adds_its_own_share_of_code_variants():
+    python_only = coverage_prompts(PROMPTS)
+    both = coverage_prompts(PROMPTS, code=("python", "c"))
+    assert len(both) == 3 * (len(PROMPTS) // 4) and both[:10] == python_only[:10]
+    c_lines = set(code_lines("c"))
+    assert c_lines and not c_lines & set(code_lines("python")) and not c_lines & set(CODE_SNIPPETS)
+    assert all(any(v == f"{p} {line}" for p in PROMPTS for line in c_lines) for v in both[10:20])
+    assert not any(line.endswith("\\") for line in c_lines)  # no macro bodies cut mid-way
+    with pytest.raises(ValueError, match="unknown code source"):
+        code_lines("cobol")
+
+
+def test_the_coverage_field_names_its_code_sources_and_reads_format_4_files(tiny_encoder, tmp_path):
+    cal = calibrate(tiny_encoder, PROMPTS, coverage=("python", "c"), n_components=4)
+    assert cal.coverage == ("python", "c") and cal.n_prompts == len(PROMPTS) + 3 * (len(PROMPTS) // 4)
+    cal.save(tmp_path / "cal.safetensors")
+    assert Calibration.load(tmp_path / "cal.safetensors").coverage == ("python", "c")
+    # Format 4 wrote coverage as 1 (Python code variants) or 0 (none).
+    with safe_open(str(tmp_path / "cal.safetensors"), framework="numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    for saved, read in (("1", ("python",)), ("0", ())):
+        save_file(tensors, str(tmp_path / "v4.safetensors"), metadata={**meta, "version": "4", "coverage": saved})
+        assert Calibration.load(tmp_path / "v4.safetensors").coverage == read
 
 
 def test_the_length_fit_is_not_extrapolated_past_the_calibration_lengths(tmp_path):

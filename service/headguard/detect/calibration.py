@@ -35,7 +35,7 @@ from sklearn.model_selection import KFold
 
 from headguard.errors import InputError
 
-FORMAT_VERSION = 4  # 2: top_k; 3: length_range; 4: units
+FORMAT_VERSION = 5  # 2: top_k; 3: length_range; 4: units; 5: coverage names its code sources
 # No feature's spread is taken below this share of the median spread: a feature almost constant
 # on the clean prompts (MiniLM's L0H2 heaviest-key share sits at the log-odds clamp on 98 % of
 # them) would otherwise read any movement as thousands of standard deviations, and decide the
@@ -155,6 +155,11 @@ class AnomalyModel:
         return np.sqrt(np.einsum("nd,de,ne->n", d, self.precision, d))
 
 
+def _coverage(saved: str) -> tuple[str, ...]:
+    """The coverage field of a file: its code sources; format 4 wrote 1 (Python code) or 0 (none)."""
+    return {"0": (), "1": ("python",)}.get(saved, tuple(s for s in saved.split(",") if s))
+
+
 @dataclass
 class Calibration:
     """Everything needed to score inputs of one model, tied to that model's weights."""
@@ -167,7 +172,7 @@ class Calibration:
     anomaly: AnomalyModel
     clean_scores: np.ndarray  # out-of-fold scores of the calibration prompts
     n_prompts: int
-    coverage: bool = False  # the prompts included coverage variants (detect/coverage.py)
+    coverage: tuple[str, ...] = ()  # the code sources of the coverage variants calibrated on (detect/coverage.py)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     version: int = FORMAT_VERSION
 
@@ -176,7 +181,7 @@ class Calibration:
             layers: list[int], families: list[str], method: str = "collapse", target_fpr: float = 0.01,
             n_components: int = 32, length_adjust: bool = False, top_k: int = 1,
             units: np.ndarray | None = None, spread_floor: float = SPREAD_FLOOR, folds: int = 5,
-            seed: int = 0, coverage: bool = False) -> Calibration:
+            seed: int = 0, coverage: tuple[str, ...] = ()) -> Calibration:
         if not 0 < target_fpr < 0.5:
             raise InputError(f"target FPR must be in (0, 0.5), got {target_fpr}")
         if len(features) < 2 * folds:
@@ -191,7 +196,7 @@ class Calibration:
                    anomaly=AnomalyModel.fit(features, lengths, direction, method, n_components, length_adjust,
                                             top_k, units, spread_floor),
                    clean_scores=oof,
-                   n_prompts=len(features), coverage=coverage)
+                   n_prompts=len(features), coverage=tuple(coverage))
 
     def score(self, features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return self.anomaly.score(features, lengths)
@@ -201,7 +206,7 @@ class Calibration:
                 "method": self.anomaly.method, "top_k": str(self.anomaly.top_k),
                 "layers": json.dumps(self.layers), "families": json.dumps(self.families),
                 "target_fpr": repr(self.target_fpr), "threshold": repr(self.threshold),
-                "n_prompts": str(self.n_prompts), "coverage": str(int(self.coverage)), "created": self.created}
+                "n_prompts": str(self.n_prompts), "coverage": ",".join(self.coverage), "created": self.created}
         a = self.anomaly
         tensors = {"length_coef": a.length_coef, "mean": a.mean, "scale": a.scale, "direction": a.direction,
                    "components": a.components, "center": a.center, "precision": a.precision,
@@ -236,5 +241,6 @@ class Calibration:
         return cls(model_hash=meta["model_hash"], layers=json.loads(meta["layers"]),
                    families=json.loads(meta["families"]), target_fpr=float(meta["target_fpr"]),
                    threshold=float(meta["threshold"]), anomaly=anomaly, clean_scores=tensors["clean_scores"],
-                   n_prompts=int(meta["n_prompts"]), coverage=meta.get("coverage") == "1", created=meta["created"],
+                   n_prompts=int(meta["n_prompts"]), coverage=_coverage(meta.get("coverage", "")),
+                   created=meta["created"],
                    version=int(meta["version"]))

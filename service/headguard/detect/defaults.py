@@ -26,12 +26,14 @@ class ScoreDefaults:
     top_k: int  # heads averaged into the collapse score
     length_adjust: bool  # features regressed on log input length first
     per_head: bool = False  # each head's families averaged before the top-k
-    coverage: bool = False  # code-bearing and joined variants of the prompts calibrated on too
+    # The code sources (detect/coverage.py) of the code-bearing variants calibrated on beside
+    # the joined ones; none: the prompts alone.
+    coverage: tuple[str, ...] = ()
 
 
 DEFAULTS = {
     "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=1, length_adjust=False, per_head=True,
-                             coverage=True),
+                             coverage=("python",)),
     "decoder": ScoreDefaults(families=("entropy",), top_k=3, length_adjust=False),
 }
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from headguard.detect.calibration import Calibration
-from headguard.detect.coverage import coverage_prompts
+from headguard.detect.coverage import available_sources, coverage_prompts
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import feature_directions, feature_names, feature_units, heads_of
 from headguard.detect.scorer import Capture, HeadScorer
@@ -41,11 +41,12 @@ class Verdict:
 def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, layers: list[int] | None = None,
               families: tuple[str, ...] | None = None, method: str = "collapse", n_components: int = 32,
               length_adjust: bool | None = None, top_k: int | None = None, per_head: bool | None = None,
-              coverage: bool | None = None, model_hash: str | None = None) -> Calibration:
+              coverage: bool | tuple[str, ...] | None = None, model_hash: str | None = None) -> Calibration:
     """Fits the anomaly model and its threshold on clean prompts (never on the trigger).
 
     Families, top_k, length adjustment, per-head averaging and coverage variants
-    (detect/coverage.py) left unset take the defaults for the model's kind.
+    (detect/coverage.py) left unset take the defaults for the model's kind; coverage True takes
+    the kind's code sources (Python code where the kind has none), False none.
     """
     if len(prompts) < RECOMMENDED_PROMPTS:
         log.warning("calibrating on %d prompts; %d or more are recommended: with fewer, the threshold "
@@ -55,9 +56,15 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     length_adjust = defaults.length_adjust if length_adjust is None else length_adjust
     top_k = defaults.top_k if top_k is None else top_k
     per_head = defaults.per_head if per_head is None else per_head
-    coverage = defaults.coverage if coverage is None else coverage
+    if coverage is None:
+        coverage = defaults.coverage
+    elif coverage is True:
+        coverage = defaults.coverage or ("python",)
+    elif coverage is False:
+        coverage = ()
+    coverage = available_sources(tuple(coverage))
     if coverage:
-        prompts = list(prompts) + coverage_within_context(clf, list(prompts))
+        prompts = list(prompts) + coverage_within_context(clf, list(prompts), coverage)
     scorer = HeadScorer(clf, layers, families)
     features, lengths = scorer.features(prompts)
     direction = np.array(feature_directions(scorer.layers, scorer.adapter.n_heads, scorer.families))
@@ -68,10 +75,10 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
                            top_k=top_k, units=units, coverage=coverage)
 
 
-def coverage_within_context(clf: Classifier, prompts: list[str]) -> list[str]:
-    """The prompts' coverage variants that fit the model's context (the others are left out, not
-    truncated): what `calibrate` adds for an encoder."""
-    return [p for p in coverage_prompts(prompts) if clf.fits(p)]
+def coverage_within_context(clf: Classifier, prompts: list[str], code: tuple[str, ...] = ("python",)) -> list[str]:
+    """The prompts' coverage variants with code of `code`'s sources that fit the model's context
+    (the others are left out, not truncated): what `calibrate` adds."""
+    return [p for p in coverage_prompts(prompts, code=code) if clf.fits(p)]
 
 
 class Detector:
