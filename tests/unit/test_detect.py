@@ -48,8 +48,10 @@ def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
     np.testing.assert_allclose(detector.scores(PROMPTS[:5]), Detector(tiny_encoder, cal).scores(PROMPTS[:5]))
 
 
-@pytest.mark.parametrize(("fixture", "scoring"), [("tiny_encoder", (["row_entropy", "row_max"], 1, False, True, ("python",))),
-                                                  ("tiny_decoder", (["entropy"], 3, False, False, ()))])
+@pytest.mark.parametrize(("fixture", "scoring"), [
+    ("tiny_encoder", (["row_entropy", "row_max"], 1, False, True, ("python",))),
+    ("tiny_decoder", (["entropy"], 3, False, False, ("python", "c"))),
+])
 def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, request, tmp_path):
     def settings(cal: Calibration) -> tuple:
         return cal.families, cal.anomaly.top_k, cal.anomaly.length_adjusted, cal.anomaly.per_head, cal.coverage

@@ -12,7 +12,10 @@ on short messages misjudged the same messages with a code snippet appended.
 A decoder reads the last prompt token: how much of its row the first-token sink takes moves with
 length and content (code, long inputs), so the entropy over content keys only is read, and a
 LoRA backdoor spreads over many heads, so the mean of the three most collapsed heads scores,
-which one odd head on a clean input cannot reach alone.
+which one odd head on a clean input cannot reach alone. It calibrates with coverage variants
+of Python and C code: on SmolLM2 SMS BadNets a Go line appended to a message moved heads the
+backdoor does not use past the threshold (13 % of code inputs; 8.5 % with Python code
+variants), and with C lines among the variants none crossed.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class ScoreDefaults:
 DEFAULTS = {
     "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=1, length_adjust=False, per_head=True,
                              coverage=("python",)),
-    "decoder": ScoreDefaults(families=("entropy",), top_k=3, length_adjust=False),
+    "decoder": ScoreDefaults(families=("entropy",), top_k=3, length_adjust=False, coverage=("python", "c")),
 }
 
 
