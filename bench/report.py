@@ -262,61 +262,49 @@ def _worst_fpr(r: dict) -> tuple[float, str]:
     return max((r["fpr_clean"], "clean"), *((v, g) for g, v in r["fpr_controls"].items()))
 
 
-def encoder_table() -> str:
-    """bench/results/encoder-settings.json: each encoder setting summarised over the MiniLM lab models."""
-    rows = json.loads((RESULTS / "encoder-settings.json").read_text())
+def _coverage_name(coverage) -> str:
+    """A results row's coverage: its code sources (earlier rows: on or off)."""
+    if isinstance(coverage, list):
+        return "+".join(coverage) or "off"
+    return "on" if coverage else "off"
+
+
+def settings_table(kind: str) -> str:
+    """bench/results/<kind>-settings.json: each scoring setting summarised over the lab models of
+    that kind (bench/score_settings.py)."""
+    rows = json.loads((RESULTS / f"{kind}-settings.json").read_text())
     settings: dict[tuple, list[dict]] = {}
     for r in rows:
-        settings.setdefault((tuple(r["families"]), r["top_k"], r["coverage"]), []).append(r)
+        key = (tuple(r["families"]), r["top_k"], r.get("per_head", True), _coverage_name(r["coverage"]))
+        settings.setdefault(key, []).append(r)
 
-    def at(group: list[dict], name: str) -> dict:
-        return next((r for r in group if r["model"] == name), {})
+    def at(group: list[dict], dataset: str, attack: str, seed: int = 0) -> dict:
+        return next((r for r in group if r["attack"] == attack and r["model"].split("-")[1] == dataset
+                     and r["model"].endswith(f"-s{seed}")), {})
 
-    lines = ["| families | top k | coverage | TPR@1%FPR BadNets movies / SMS (seed 0; seed 1) "
-             "| AUROC AddSent / composite / synonym, worst of movies and SMS "
-             "| models with clean and every control ≤ 2 % | worst FPR |", "|---|---|---|---|---|---|---|"]
-    for (families, k, coverage), group in settings.items():
-        tpr = "; ".join(" / ".join(fmt(at(group, f"minilm-{d}-badnets-s{seed}").get("tpr_at_fpr_1pct"))
-                                   for d in ("movies", "sms")) for seed in (0, 1))
-        auroc = " / ".join(fmt(min((at(group, f"minilm-{d}-{a}-s0").get("auroc") or 1.0) for d in ("movies", "sms")))
-                           for a in ("addsent", "composite", "synonym"))
+    seeds = sorted({int(r["model"].rsplit("-s", 1)[1]) for r in rows if r["attack"] == "badnets"})
+    lines = ["| families | top k | per head | coverage | TPR@1%FPR BadNets movies / SMS"
+             + (f" (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else "")
+             + " | AUROC AddSent / composite / synonym, worst of movies and SMS "
+             "| models with clean and every control ≤ 2 % | worst FPR |", "|---|---|---|---|---|---|---|---|"]
+    for (families, k, per_head, coverage), group in settings.items():
+        tpr = "; ".join(" / ".join(fmt(at(group, d, "badnets", seed).get("tpr_at_fpr_1pct")) for d in ("movies", "sms"))
+                        for seed in seeds)
+        auroc = " / ".join(fmt(min(ranked, default=None)) for ranked in (
+            [at(group, d, a)["auroc"] for d in ("movies", "sms") if at(group, d, a)]
+            for a in ("addsent", "composite", "synonym")))
         passing = sum(_worst_fpr(r)[0] <= 0.02 for r in group)
-        value, where = max((_worst_fpr(r)[0], f"{r['model'].removeprefix('minilm-')}, {_worst_fpr(r)[1]}")
-                           for r in group)
-        lines.append(f"| {'+'.join(families)} | {k} | {'on' if coverage else 'off'} | {tpr} "
+        value, where = max((_worst_fpr(r)[0], f"{r['model'].split('-', 1)[1]}, {_worst_fpr(r)[1]}") for r in group)
+        lines.append(f"| {'+'.join(families)} | {k} | {'yes' if per_head else 'no'} | {coverage} | {tpr} "
                      f"| {auroc} | {passing} of {len(group)} | {fmt(value)} ({where}) |")
-    return "\n".join(lines)
-
-
-def decoder_table() -> str:
-    """bench/results/decoder-settings.json: each decoder setting on each SmolLM2 lab model measured."""
-    rows = json.loads((RESULTS / "decoder-settings.json").read_text())
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    settings: dict[tuple, dict[str, dict]] = {}
-    for r in rows:
-        settings.setdefault((tuple(r["families"]), r["top_k"], r["per_head"], r["coverage"]), {})[r["model"]] = r
-    lines = ["| families | top k | per head | coverage | "
-             + " | ".join(f"{m.removeprefix('smollm2-')}: AUROC / TPR@1%FPR / worst FPR" for m in models) + " |",
-             "|---|---|---|---|" + "---|" * len(models)]
-    for (families, k, per_head, coverage), by_model in settings.items():
-        cells = []
-        for m in models:
-            r = by_model.get(m)
-            if r is None:
-                cells.append("—")
-                continue
-            value, where = _worst_fpr(r)
-            ranked = f"{fmt(r['auroc'])} / {fmt(r['tpr_at_fpr_1pct'])} / " if r["auroc"] is not None else ""
-            cells.append(f"{ranked}{fmt(value)} ({where})")
-        lines.append(f"| {'+'.join(families)} | {k} | {'yes' if per_head else 'no'} | {'on' if coverage else 'off'} | "
-                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
 TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
           "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "serve": serve_table, "cost": cost_table,
-          "spread": spread_table, "encoder": encoder_table, "decoder": decoder_table}
+          "spread": spread_table, "encoder": lambda: settings_table("encoder"),
+          "decoder": lambda: settings_table("decoder")}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())

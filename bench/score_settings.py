@@ -1,14 +1,16 @@
 """Scoring settings side by side, with and without coverage variants, on lab models of one kind.
 
     .venv/bin/python bench/score_settings.py MODEL_DIR ... [--out bench/results/<kind>-settings.json]
+                                                           [--features DIR]
 
 Per model, features are computed once for the calibration split, its coverage variants
-(headguard/detect/coverage.py: a quarter more with a line of standard library code appended, a
-quarter more of 2–4 prompts joined) and the inputs `headguard lab eval` scores (200 held-out
+(headguard/detect/coverage.py: per code source a quarter more with a line of that code appended,
+a quarter more of 2–4 prompts joined) and the inputs `headguard lab eval` scores (200 held-out
 clean and triggered inputs, 200 of each specificity control; a clean control model's whole test
 split). Each setting is then calibrated as `headguard calibrate` does (collapse score,
-out-of-fold 1 % threshold) on the split alone or with its coverage variants. The grid depends on
-the models' kind (GRIDS):
+out-of-fold 1 % threshold) on the split alone or with its coverage variants (COVERAGE: Python
+code for either kind; Python and C code too for a decoder). The grid depends on the models'
+kind (GRIDS):
 
 - encoder (the [CLS] row, each head's families averaged): row entropy + row max (the whole row
   as it is), row evenness + row peak (the same against the row's key count), row evenness alone;
@@ -23,16 +25,18 @@ It reads the trigger to build the triggered group, so it is a harness tool.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from detect_ablation import held_out_inputs, metrics
 from headguard.detect.calibration import Calibration
 from headguard.detect.detector import coverage_within_context
-from headguard.detect.features import COLLAPSE_DIRECTION, feature_names, units_of
+from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names, heads_of, units_of
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.build import read_manifest
 from headguard.lab.splits import read_split
@@ -45,28 +49,64 @@ GRIDS = {
     "decoder": ([("entropy",), ("row_entropy", "entropy"), ("entropy", "max"), ("max",), ("row_evenness",),
                  ("row_evenness", "row_peak")], (1, 3), (False, True)),
 }
+# kind -> the coverage variants' code sources of each setting (none: the split alone)
+COVERAGE = {"encoder": ((), ("python",)), "decoder": ((), ("python",), ("python", "c"))}
 
 
-def grid(kind: str) -> list[tuple[tuple[str, ...], int, bool, bool]]:
-    """(families, top k, per head, coverage) of every setting; per head only where it changes the score."""
+def grid(kind: str) -> list[tuple[tuple[str, ...], int, bool, tuple[str, ...]]]:
+    """(families, top k, per head, coverage code sources) of every setting; per head only where it
+    changes the score."""
     family_sets, top_k, per_head = GRIDS[kind]
     return [(fams, k, ph, coverage) for fams, k, ph, coverage in itertools.product(family_sets, top_k, per_head,
-                                                                                   (False, True))
+                                                                                   COVERAGE[kind])
             if len(fams) > 1 or ph == per_head[0]]
 
 
-def measure(model: Path) -> list[dict]:
-    lab = read_manifest(model)
-    clf = Classifier.from_folder(model)
-    settings = grid(clf.task.kind)
-    families = tuple(sorted({f for fs, *_ in settings for f in fs}))
-    scorer = HeadScorer(clf, families=families)
+def input_groups(model: Path, clf: Classifier, lab: dict, kind: str) -> dict[str, list[str]]:
+    """The texts of every group: the calibration split, its coverage variants per setting, and
+    the inputs `headguard lab eval` scores."""
     limit = len(read_split(model, "test")) if lab["attack"] == "clean" else 200
     split = [ex.text for ex in read_split(model, "calibration")]
-    groups = {"split": split, "coverage": coverage_within_context(clf, split),
-              **held_out_inputs(model, lab, limit)}
-    feats = {g: scorer.features(texts) for g, texts in groups.items()}
+    variants = {_group(code): coverage_within_context(clf, split, code) for code in COVERAGE[kind] if code}
+    return {"split": split, **variants, **held_out_inputs(model, lab, limit)}
+
+
+def _group(code: tuple[str, ...]) -> str:
+    return "coverage:" + "+".join(code)
+
+
+def _key(texts: list[str]) -> str:
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()
+
+
+def cached_features(model: Path, lab: dict, cache: Path | None) -> tuple[dict, list[str]]:
+    """Per group, (features, content lengths) of every family, and the feature names. With a
+    cache folder, kept in CACHE/<model>.npz with each group's texts' hash: a group is computed
+    again only when its texts changed, and new settings can be tried without a forward pass."""
+    clf = Classifier.from_folder(model)
+    groups = input_groups(model, clf, lab, clf.task.kind)
+    path = cache / f"{model.name}.npz" if cache else None
+    saved = dict(np.load(path)) if path and path.exists() else {}
+    scorer = HeadScorer(clf, families=FAMILIES)
+    feats = {}
+    for g, texts in tqdm(groups.items(), desc=model.name, unit="group"):
+        if saved.get(f"{g}_key") == _key(texts):
+            feats[g] = saved[f"{g}_x"], saved[f"{g}_n"]
+        else:
+            feats[g] = scorer.features(texts)
     names = feature_names(scorer.layers, scorer.adapter.n_heads, scorer.families)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"{g}_{part}": a for g, (x, n) in feats.items()
+                  for part, a in (("x", x), ("n", n), ("key", np.array(_key(groups[g]))))}
+        np.savez(path, names=np.array(names), **arrays)
+    return feats, names
+
+
+def measure(model: Path, cache: Path | None = None) -> list[dict]:
+    lab = read_manifest(model)
+    settings = grid(Task.load(model).kind)
+    feats, names = cached_features(model, lab, cache)
     family = np.array([n.split(":")[0] for n in names])
     rows = []
     for fams, k, per_head, coverage in settings:
@@ -74,13 +114,16 @@ def measure(model: Path) -> list[dict]:
         picked = [n for n, c in zip(names, cols, strict=True) if c]
         x, n = feats["split"]
         if coverage:
-            x, n = np.r_[x, feats["coverage"][0]], np.r_[n, feats["coverage"][1]]
+            x, n = np.r_[x, feats[_group(coverage)][0]], np.r_[n, feats[_group(coverage)][1]]
+        layers = sorted({layer for p in picked for layer, _ in heads_of(p)})
         cal = Calibration.fit(x[:, cols], n, np.array([COLLAPSE_DIRECTION[p.split(":")[0]] for p in picked]),
-                              model_hash="-", layers=scorer.layers, families=list(fams), top_k=k,
+                              model_hash="-", layers=layers, families=list(fams), top_k=k,
                               units=np.array(units_of(picked)) if per_head else None)
-        scores = {g: cal.score(f[:, cols], m) for g, (f, m) in feats.items() if g not in ("split", "coverage")}
+        scores = {g: cal.score(f[:, cols], m) for g, (f, m) in feats.items()
+                  if g != "split" and not g.startswith("coverage:")}
         rows.append({"model": model.name, "attack": lab["attack"], "families": list(fams), "top_k": k,
-                     "per_head": per_head, "coverage": coverage, "n_prompts": len(x), **metrics(scores, cal.threshold)})
+                     "per_head": per_head, "coverage": list(coverage), "n_prompts": len(x),
+                     **metrics(scores, cal.threshold)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -88,13 +131,18 @@ def measure(model: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, help="default: bench/results/<kind>-settings.json")
+    parser.add_argument("--out", type=Path, help="default: bench/results/<kind>-settings.json; the rows of "
+                        "models not measured in this run are kept")
+    parser.add_argument("--features", type=Path, help="a folder to keep each model's features in (and read them "
+                        "from on later runs)")
     args = parser.parse_args()
     kinds = {Task.load(m).kind for m in args.models}
     if len(kinds) != 1:
         parser.error(f"the models must be of one kind (encoder or decoder), got {sorted(kinds)}")
     out = args.out or Path(__file__).parent / "results" / f"{kinds.pop()}-settings.json"
-    rows = [row for model in args.models for row in measure(model)]
+    names = {m.name for m in args.models}
+    kept = [r for r in json.loads(out.read_text()) if r["model"] not in names] if out.exists() else []
+    rows = kept + [row for model in args.models for row in measure(model, args.features)]
     out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
