@@ -290,9 +290,8 @@ def settings_table(kind: str) -> str:
     for (families, k, per_head, coverage), group in settings.items():
         tpr = "; ".join(" / ".join(fmt(at(group, d, "badnets", seed).get("tpr_at_fpr_1pct")) for d in ("movies", "sms"))
                         for seed in seeds)
-        auroc = " / ".join(fmt(min(ranked, default=None)) for ranked in (
-            [at(group, d, a)["auroc"] for d in ("movies", "sms") if at(group, d, a)]
-            for a in ("addsent", "composite", "synonym")))
+        auroc = " / ".join(fmt(min((r["auroc"] for d in ("movies", "sms") if (r := at(group, d, a))), default=None))
+                           for a in ("addsent", "composite", "synonym"))
         passing = sum(_worst_fpr(r)[0] <= 0.02 for r in group)
         value, where = max((_worst_fpr(r)[0], f"{r['model'].split('-', 1)[1]}, {_worst_fpr(r)[1]}") for r in group)
         lines.append(f"| {'+'.join(families)} | {k} | {'yes' if per_head else 'no'} | {coverage} | {tpr} "

@@ -62,12 +62,12 @@ def grid(kind: str) -> list[tuple[tuple[str, ...], int, bool, tuple[str, ...]]]:
             if len(fams) > 1 or ph == per_head[0]]
 
 
-def input_groups(model: Path, clf: Classifier, lab: dict, kind: str) -> dict[str, list[str]]:
+def input_groups(model: Path, clf: Classifier, lab: dict) -> dict[str, list[str]]:
     """The texts of every group: the calibration split, its coverage variants per setting, and
     the inputs `headguard lab eval` scores."""
     limit = len(read_split(model, "test")) if lab["attack"] == "clean" else 200
     split = [ex.text for ex in read_split(model, "calibration")]
-    variants = {_group(code): coverage_within_context(clf, split, code) for code in COVERAGE[kind] if code}
+    variants = {_group(code): coverage_within_context(clf, split, code) for code in COVERAGE[clf.task.kind] if code}
     return {"split": split, **variants, **held_out_inputs(model, lab, limit)}
 
 
@@ -84,7 +84,7 @@ def cached_features(model: Path, lab: dict, cache: Path | None) -> tuple[dict, l
     cache folder, kept in CACHE/<model>.npz with each group's texts' hash: a group is computed
     again only when its texts changed, and new settings can be tried without a forward pass."""
     clf = Classifier.from_folder(model)
-    groups = input_groups(model, clf, lab, clf.task.kind)
+    groups = input_groups(model, clf, lab)
     path = cache / f"{model.name}.npz" if cache else None
     saved = dict(np.load(path)) if path and path.exists() else {}
     scorer = HeadScorer(clf, families=FAMILIES)
