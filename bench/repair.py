@@ -1,11 +1,14 @@
 """Repair benchmark: traffic -> flagged prompts -> repair -> lab eval, per lab model, variant and seed.
 
     python bench/repair.py MODEL_DIR [MODEL_DIR ...] [--variants default,random,prune,all,single,leave-one-out]
-                           [--seeds 0,1,2] [--steps 80] [--target-fpr 0.01] [--device cpu|cuda] [--results DIR]
+                           [--seeds 0,1,2] [--steps 80] [--target-fpr 0.01] [--families F[,F]]
+                           [--device cpu|cuda] [--results DIR]
 
 Writes <results>/<model>.repair-<variant>-s<seed>.json (default bench/results). `--target-fpr` is the
 detector's operating point for flagging the traffic (and for the repair's neutralisation); at
-another value than the default 1 % the variant's name ends in `-fpr<percent>`. Variants, each with
+another value than the default 1 % the variant's name ends in `-fpr<percent>`. `--families`
+calibrates with those feature families instead of the kind's defaults (they pick the flagged
+prompts and rank the heads); the variant's name then ends in `-<families joined by +>`. Variants, each with
 the same budget:
   default        the selected heads, trained (the method)
   random         as many randomly chosen heads, trained with the same loss
@@ -41,10 +44,12 @@ RESULTS = Path(__file__).parent / "results"
 WORK = Path("/tmp/headguard-bench-repair")
 DEVICE = "cpu"
 TARGET_FPR = 0.01
+FAMILIES: tuple[str, ...] | None = None  # None: the kind's defaults
 
 
 def _suffix() -> str:
-    return "" if TARGET_FPR == 0.01 else f"-fpr{TARGET_FPR * 100:g}"
+    fpr = "" if TARGET_FPR == 0.01 else f"-fpr{TARGET_FPR * 100:g}"
+    return fpr + ("" if FAMILIES is None else "-" + "+".join(FAMILIES))
 
 
 def prepare(model: Path) -> tuple[Path, Path, dict]:
@@ -54,7 +59,8 @@ def prepare(model: Path) -> tuple[Path, Path, dict]:
     cal, flagged = work / "cal.safetensors", work / "flagged.jsonl"
     if not cal.exists():
         clf = Classifier.from_folder(model, DEVICE)
-        calibrate(clf, [ex.text for ex in read_split(model, "calibration")], target_fpr=TARGET_FPR).save(cal)
+        calibrate(clf, [ex.text for ex in read_split(model, "calibration")], target_fpr=TARGET_FPR,
+                  families=FAMILIES).save(cal)
     summary_file = work / "traffic.json"
     if not flagged.exists():
         detector = Detector(Classifier.from_folder(model, DEVICE), Calibration.load(cal))
@@ -122,17 +128,19 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
 
 
 def main() -> int:
-    global DEVICE, RESULTS, TARGET_FPR
+    global DEVICE, RESULTS, TARGET_FPR, FAMILIES
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--variants", default="default")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--target-fpr", type=float, default=0.01, help="the detector's flagging operating point")
+    parser.add_argument("--families", help="comma-separated feature families to calibrate with (default: the kind's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     DEVICE, RESULTS, TARGET_FPR = args.device, args.results, args.target_fpr
+    FAMILIES = tuple(args.families.split(",")) if args.families else None
     RESULTS.mkdir(parents=True, exist_ok=True)
     for model in args.models:
         selected: list[str] | None = None

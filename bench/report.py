@@ -258,8 +258,10 @@ def spread_table() -> str:
 
 
 def _worst_fpr(r: dict) -> tuple[float, str]:
-    """(rate, group) of the clean group or control with the most false positives."""
-    return max((r["fpr_clean"], "clean"), *((v, g) for g, v in r["fpr_controls"].items()))
+    """(rate, group) of the clean group, control or unseen traffic (rows measured since it was
+    added) with the most false positives."""
+    unseen = [(r["fpr_unseen"], "unseen")] if "fpr_unseen" in r else []
+    return max((r["fpr_clean"], "clean"), *((v, g) for g, v in r["fpr_controls"].items()), *unseen)
 
 
 def _coverage_name(coverage) -> str:
@@ -283,11 +285,18 @@ def settings_table(kind: str) -> str:
                      and r["model"].endswith(f"-s{seed}")), {})
 
     seeds = sorted({int(r["model"].rsplit("-s", 1)[1]) for r in rows if r["attack"] == "badnets"})
+    unseen = (", every control and unseen traffic (where measured)" if any("fpr_unseen" in r for r in rows)
+              else " and every control")
     lines = ["| families | top k | per head | coverage | TPR@1%FPR BadNets movies / SMS"
              + (f" (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else "")
              + " | AUROC AddSent / composite / synonym, worst of movies and SMS "
-             "| models with clean and every control ≤ 2 % | worst FPR |", "|---|---|---|---|---|---|---|---|"]
-    for (families, k, per_head, coverage), group in settings.items():
+             f"| models with clean{unseen} ≤ 2 % | worst FPR |",
+             "|---|---|---|---|---|---|---|---|"]
+    # Grid order: family sets and code sources as first seen, then top k, per head off before on.
+    families_at = {f: i for i, f in enumerate(dict.fromkeys(key[0] for key in settings))}
+    coverage_at = {c: i for i, c in enumerate(dict.fromkeys(key[3] for key in settings))}
+    for (families, k, per_head, coverage), group in sorted(
+            settings.items(), key=lambda kv: (families_at[kv[0][0]], kv[0][1], kv[0][2], coverage_at[kv[0][3]])):
         tpr = "; ".join(" / ".join(fmt(at(group, d, "badnets", seed).get("tpr_at_fpr_1pct")) for d in ("movies", "sms"))
                         for seed in seeds)
         auroc = " / ".join(fmt(min((r["auroc"] for d in ("movies", "sms") if (r := at(group, d, a))), default=None))

@@ -7,17 +7,19 @@ Per model, features are computed once for the calibration split, its coverage va
 (headguard/detect/coverage.py: per code source a quarter more with a line of that code appended,
 a quarter more of 2–4 prompts joined) and the inputs `headguard lab eval` scores (200 held-out
 clean and triggered inputs, 200 of each specificity control; a clean control model's whole test
-split). Each setting is then calibrated as `headguard calibrate` does (collapse score,
-out-of-fold 1 % threshold) on the split alone or with its coverage variants (COVERAGE: Python
-code for either kind; Python and C code too for a decoder). The grid depends on the models'
-kind (GRIDS):
+split) and the clean rows of the repair's traffic mix (`unseen`: up to 400 dataset rows no split
+used, in the dataset's own class mix: on SMS nearly all ham, short messages included, where the
+test split holds as much spam as the training split). Each setting is then calibrated as
+`headguard calibrate` does (collapse score, out-of-fold 1 % threshold) on the split alone or
+with its coverage variants (COVERAGE: Python code for either kind; Python and C code too for a
+decoder). The grid depends on the models' kind (GRIDS):
 
 - encoder (the [CLS] row, each head's families averaged): row entropy + row max (the whole row
   as it is), row evenness + row peak (the same against the row's key count), row evenness alone;
   top 1, 2 or 3 heads;
 - decoder (the last prompt token's row): content entropy (the decoder default), with whole-row
-  entropy, with content max, content max alone, row evenness, row evenness + row peak; top 1 or
-  3; each head's families averaged first or not.
+  entropy, with content max, content max alone, row evenness, row evenness with content entropy,
+  row evenness + row peak; top 1, 2 or 3; each head's families averaged first or not.
 
 It reads the trigger to build the triggered group, so it is a harness tool.
 """
@@ -40,6 +42,7 @@ from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_name
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.build import read_manifest
 from headguard.lab.splits import read_split
+from headguard.lab.traffic import traffic_mix
 from headguard.models.classifier import Classifier
 from headguard.models.task import Task
 
@@ -47,7 +50,7 @@ from headguard.models.task import Task
 GRIDS = {
     "encoder": ([("row_entropy", "row_max"), ("row_evenness", "row_peak"), ("row_evenness",)], (1, 2, 3), (True,)),
     "decoder": ([("entropy",), ("row_entropy", "entropy"), ("entropy", "max"), ("max",), ("row_evenness",),
-                 ("row_evenness", "row_peak")], (1, 3), (False, True)),
+                 ("entropy", "row_evenness"), ("row_evenness", "row_peak")], (1, 2, 3), (False, True)),
 }
 # kind -> the coverage variants' code sources of each setting (none: the split alone)
 COVERAGE = {"encoder": ((), ("python",)), "decoder": ((), ("python",), ("python", "c"))}
@@ -63,12 +66,13 @@ def grid(kind: str) -> list[tuple[tuple[str, ...], int, bool, tuple[str, ...]]]:
 
 
 def input_groups(model: Path, clf: Classifier, lab: dict) -> dict[str, list[str]]:
-    """The texts of every group: the calibration split, its coverage variants per setting, and
-    the inputs `headguard lab eval` scores."""
+    """The texts of every group: the calibration split, its coverage variants per setting, the
+    inputs `headguard lab eval` scores and the traffic mix's clean rows."""
     limit = len(read_split(model, "test")) if lab["attack"] == "clean" else 200
     split = [ex.text for ex in read_split(model, "calibration")]
     variants = {_group(code): coverage_within_context(clf, split, code) for code in COVERAGE[clf.task.kind] if code}
-    return {"split": split, **variants, **held_out_inputs(model, lab, limit)}
+    unseen = [text for text, carries_trigger in traffic_mix(model, 400, 0.25, 0) if not carries_trigger]
+    return {"split": split, **variants, **held_out_inputs(model, lab, limit), "unseen": unseen}
 
 
 def _group(code: tuple[str, ...]) -> str:
@@ -123,7 +127,8 @@ def measure(model: Path, cache: Path | None = None) -> list[dict]:
                   if g != "split" and not g.startswith("coverage:")}
         rows.append({"model": model.name, "attack": lab["attack"], "families": list(fams), "top_k": k,
                      "per_head": per_head, "coverage": list(coverage), "n_prompts": len(x),
-                     **metrics(scores, cal.threshold)})
+                     **metrics(scores, cal.threshold),
+                     "fpr_unseen": float((scores["unseen"] > cal.threshold).mean()), "n_unseen": len(scores["unseen"])})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
