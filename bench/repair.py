@@ -1,14 +1,15 @@
 """Repair benchmark: traffic -> flagged prompts -> repair -> lab eval, per lab model, variant and seed.
 
     python bench/repair.py MODEL_DIR [MODEL_DIR ...] [--variants default,random,prune,all,single,leave-one-out]
-                           [--seeds 0,1,2] [--steps 80] [--target-fpr 0.01] [--families F[,F]]
+                           [--seeds 0,1,2] [--steps 80] [--target-fpr 0.01] [--families F[,F]] [--top-k K]
                            [--device cpu|cuda] [--results DIR]
 
 Writes <results>/<model>.repair-<variant>-s<seed>.json (default bench/results). `--target-fpr` is the
 detector's operating point for flagging the traffic (and for the repair's neutralisation); at
-another value than the default 1 % the variant's name ends in `-fpr<percent>`. `--families`
-calibrates with those feature families instead of the kind's defaults (they pick the flagged
-prompts and rank the heads); the variant's name then ends in `-<families joined by +>`. Variants, each with
+another value than the default 1 % the variant's name ends in `-fpr<percent>`. `--families` and
+`--top-k` calibrate with those feature families and that many heads per score instead of the
+kind's defaults (they pick the flagged prompts and rank the heads); the variant's name then ends
+in `-<families joined by +>` and `-top<k>`. Variants, each with
 the same budget:
   default        the selected heads, trained (the method)
   random         as many randomly chosen heads, trained with the same loss
@@ -45,11 +46,12 @@ WORK = Path("/tmp/headguard-bench-repair")
 DEVICE = "cpu"
 TARGET_FPR = 0.01
 FAMILIES: tuple[str, ...] | None = None  # None: the kind's defaults
+TOP_K: int | None = None
 
 
 def _suffix() -> str:
     fpr = "" if TARGET_FPR == 0.01 else f"-fpr{TARGET_FPR * 100:g}"
-    return fpr + ("" if FAMILIES is None else "-" + "+".join(FAMILIES))
+    return fpr + ("" if FAMILIES is None else "-" + "+".join(FAMILIES)) + ("" if TOP_K is None else f"-top{TOP_K}")
 
 
 def prepare(model: Path) -> tuple[Path, Path, dict]:
@@ -60,7 +62,7 @@ def prepare(model: Path) -> tuple[Path, Path, dict]:
     if not cal.exists():
         clf = Classifier.from_folder(model, DEVICE)
         calibrate(clf, [ex.text for ex in read_split(model, "calibration")], target_fpr=TARGET_FPR,
-                  families=FAMILIES).save(cal)
+                  families=FAMILIES, top_k=TOP_K).save(cal)
     summary_file = work / "traffic.json"
     if not flagged.exists():
         detector = Detector(Classifier.from_folder(model, DEVICE), Calibration.load(cal))
@@ -128,7 +130,7 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
 
 
 def main() -> int:
-    global DEVICE, RESULTS, TARGET_FPR, FAMILIES
+    global DEVICE, RESULTS, TARGET_FPR, FAMILIES, TOP_K
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--variants", default="default")
@@ -136,11 +138,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--target-fpr", type=float, default=0.01, help="the detector's flagging operating point")
     parser.add_argument("--families", help="comma-separated feature families to calibrate with (default: the kind's)")
+    parser.add_argument("--top-k", type=int, help="heads averaged into the score (default: the kind's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     DEVICE, RESULTS, TARGET_FPR = args.device, args.results, args.target_fpr
     FAMILIES = tuple(args.families.split(",")) if args.families else None
+    TOP_K = args.top_k
     RESULTS.mkdir(parents=True, exist_ok=True)
     for model in args.models:
         selected: list[str] | None = None
