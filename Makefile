@@ -38,7 +38,7 @@ demo-eval: install
 test: install redis prometheus
 	$(BIN)/pytest
 
-unit: install
+unit: install redis prometheus
 	$(BIN)/pytest tests/unit tests/service
 
 integration: install redis prometheus
