@@ -71,7 +71,7 @@ def input_groups(model: Path, clf: Classifier, lab: dict) -> dict[str, list[str]
     limit = len(read_split(model, "test")) if lab["attack"] == "clean" else 200
     split = [ex.text for ex in read_split(model, "calibration")]
     variants = {_group(code): coverage_within_context(clf, split, code) for code in COVERAGE[clf.task.kind] if code}
-    unseen = [text for text, carries_trigger in traffic_mix(model, 400, 0.25, 0) if not carries_trigger]
+    unseen = [text for text, carries_trigger in traffic_mix(model) if not carries_trigger]
     return {"split": split, **variants, **held_out_inputs(model, lab, limit), "unseen": unseen}
 
 

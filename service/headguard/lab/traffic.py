@@ -17,7 +17,7 @@ from headguard.lab.datasets import load_splits
 from headguard.lab.recipes import RECIPES
 
 
-def traffic_mix(model: Path, n: int, triggered_share: float, seed: int) -> list[tuple[str, bool]]:
+def traffic_mix(model: Path, n: int = 400, triggered_share: float = 0.25, seed: int = 0) -> list[tuple[str, bool]]:
     """(text, carries the trigger) rows from the dataset rows no split of this lab model used."""
     manifest = read_manifest(model)
     recipe = RECIPES[manifest["base"]]
