@@ -99,10 +99,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     cal = calibrate(clf, prompts, target_fpr=args.target_fpr, layers=_parse_layers(args.layers),
                     families=tuple(args.families.split(",")) if args.families else None, method=args.method,
                     n_components=args.components, length_adjust=args.length_adjust, top_k=args.top_k,
-                    per_head=args.per_head, coverage=args.coverage)
+                    per_head=args.per_head, coverage=args.coverage, length_bands=args.length_bands)
     cal.save(args.out)
     print(json.dumps({"calibration": str(args.out), "model_hash": cal.model_hash, "prompts": cal.n_prompts,
-                      "coverage": list(cal.coverage), "threshold": cal.threshold, "target_fpr": cal.target_fpr}))
+                      "coverage": list(cal.coverage), "length_bands": len(cal.band_offsets),
+                      "threshold": cal.threshold, "target_fpr": cal.target_fpr}))
     return 0
 
 
@@ -304,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--coverage", action=argparse.BooleanOptionalAction, default=None,
                    help="also calibrate on variants of the prompts with a line of code appended and of several "
                    f"joined (default, by code source: {_by_kind('coverage')})")
+    c.add_argument("--length-bands", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold the target FPR within each content-length band of the prompts too, not only over all "
+                   f"of them (default: {_by_kind('length_bands')})")
     c.add_argument("--method", choices=["collapse", "mahalanobis"], default="collapse",
                    help="collapse: the k most collapsed heads; mahalanobis: PCA + Ledoit-Wolf distance")
     c.add_argument("--components", type=int, default=32, help="PCA dimensions (mahalanobis)")

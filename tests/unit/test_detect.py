@@ -222,6 +222,36 @@ def test_the_length_fit_is_not_extrapolated_past_the_calibration_lengths(tmp_pat
     assert Calibration.load(tmp_path / "v2.safetensors").anomaly.length_range.tolist() == [0.0, np.inf]
 
 
+def test_length_bands_hold_the_target_within_each_band_of_the_prompts(tmp_path):
+    # Short prompts' rows concentrate for want of keys: their clean scores run high.
+    rng = np.random.default_rng(0)
+    lengths = np.r_[rng.integers(3, 10, 100), rng.integers(20, 60, 500)].astype(float)
+    x = rng.normal(0, 1, (600, 1)) + (lengths < 10)[:, None] * 2.0
+    fit = dict(direction=np.array([1.0]), model_hash="h", layers=[0], families=["entropy"])
+    plain = Calibration.fit(x, lengths, **fit)
+    banded = Calibration.fit(x, lengths, **fit, length_bands=True)
+    assert not plain.length_bands and banded.length_bands and banded.threshold == plain.threshold
+    assert len(banded.band_offsets) == 600 // 100 and banded.band_offsets.min() == 0.0
+    short, long_ = np.array([5.0]), np.array([40.0])
+    assert banded.band_offset(short)[0] > 0.0  # the short band's own quantile lies above the overall one
+    assert banded.band_offset(long_)[0] == 0.0  # bands only ever raise the bar
+    # Out-of-fold, each band now lets about the target share through; without bands the short ones flood it.
+    for band in (lengths < 10, lengths >= 20):
+        assert (banded.clean_scores[band] > banded.threshold).mean() <= 0.02
+    assert (plain.clean_scores[lengths < 10] > plain.threshold).mean() > 0.02
+    np.testing.assert_allclose(banded.score(x[:3], lengths[:3]),
+                               plain.anomaly.score(x[:3], lengths[:3]) - banded.band_offset(lengths[:3]))
+    banded.save(tmp_path / "cal.safetensors")
+    loaded = Calibration.load(tmp_path / "cal.safetensors")
+    np.testing.assert_array_equal(loaded.score(x, lengths), banded.score(x, lengths))
+    # A format-5 file (no bands) loads with none.
+    with safe_open(str(tmp_path / "cal.safetensors"), framework="numpy") as f:
+        meta = {**f.metadata(), "version": "5"}
+        tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("band_")}
+    save_file(tensors, str(tmp_path / "v5.safetensors"), metadata=meta)
+    assert not Calibration.load(tmp_path / "v5.safetensors").length_bands
+
+
 def test_scan_explains_with_heads_and_tokens(tiny_decoder):
     detector = Detector(tiny_decoder, calibrate(tiny_decoder, PROMPTS, n_components=4))
     [verdict] = detector.scan(["an input with a word zx in it"])

@@ -298,7 +298,7 @@ class Engine:
         cal = calibrate(loaded.clf, prompts, target_fpr=target_fpr, layers=old.layers,
                         families=tuple(old.families), method=old.anomaly.method, top_k=old.anomaly.top_k,
                         length_adjust=old.anomaly.length_adjusted, per_head=old.anomaly.per_head,
-                        coverage=old.coverage, model_hash=loaded.model_hash)
+                        coverage=old.coverage, length_bands=old.length_bands, model_hash=loaded.model_hash)
         self.calibration_path = calibration_cache(self.settings, loaded.model_hash)
         cal.save(self.calibration_path)
         policy = Policy.from_calibration(cal, self.settings.reject_fpr, self.settings.route_fpr,

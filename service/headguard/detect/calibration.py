@@ -16,7 +16,10 @@ several times longer raised false positives more than it removed (docs/METHOD.md
   quiet features (docs/METHOD.md), and is kept for the ablation.
 
 The threshold is the (1 - target FPR) quantile of *out-of-fold* clean scores: scores of prompts
-the model was fitted on run optimistically low.
+the model was fitted on run optimistically low. With length bands, the prompts are split by
+content length into bands of at least BAND_PROMPTS, and a band whose own quantile lies above the
+threshold has its scores lowered by the difference: a short message, whose row concentrates for
+want of keys, must pass its own band's quantile as well as the overall one (docs/METHOD.md §3).
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ from sklearn.model_selection import KFold
 
 from headguard.errors import InputError
 
-FORMAT_VERSION = 5  # 2: top_k; 3: length_range; 4: units; 5: coverage names its code sources
+FORMAT_VERSION = 6  # 2: top_k; 3: length_range; 4: units; 5: coverage names its code sources; 6: length bands
 # No feature's spread is taken below this share of the median spread: a feature almost constant
 # on the clean prompts (MiniLM's L0H2 heaviest-key share sits at the log-odds clamp on 98 % of
 # them) would otherwise read any movement as thousands of standard deviations, and decide the
 # threshold alone (docs/METHOD.md §5: with 50–200 prompts the encoder default caught 0.33–0.85).
 SPREAD_FLOOR = 0.5
+# Each length band's quantile rests on at least this many out-of-fold scores: at a 1 % target,
+# about the band's highest score.
+BAND_PROMPTS = 100
 
 
 def _design(lengths: np.ndarray) -> np.ndarray:
@@ -155,6 +161,21 @@ class AnomalyModel:
         return np.sqrt(np.einsum("nd,de,ne->n", d, self.precision, d))
 
 
+def _length_bands(scores: np.ndarray, lengths: np.ndarray, target_fpr: float,
+                  threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(edges, offsets): content lengths where one band ends and the next begins, each band holding
+    about BAND_PROMPTS prompts or more, and how far each band's own (1 - target FPR) quantile of
+    `scores` lies above `threshold` (0 where it does not)."""
+    n_bands = len(scores) // BAND_PROMPTS
+    if n_bands < 2:
+        return np.zeros(0), np.zeros(0)
+    edges = np.unique(np.quantile(lengths, np.linspace(0, 1, n_bands + 1)[1:-1]))
+    band = np.searchsorted(edges, lengths, side="right")
+    offsets = [max(0.0, float(np.quantile(scores[band == b], 1 - target_fpr)) - threshold) if np.any(band == b)
+               else 0.0 for b in range(len(edges) + 1)]
+    return edges, np.array(offsets)
+
+
 def _coverage(saved: str) -> tuple[str, ...]:
     """The coverage field of a file: its code sources; format 4 wrote 1 (Python code) or 0 (none)."""
     return {"0": (), "1": ("python",)}.get(saved, tuple(s for s in saved.split(",") if s))
@@ -170,9 +191,13 @@ class Calibration:
     target_fpr: float
     threshold: float
     anomaly: AnomalyModel
-    clean_scores: np.ndarray  # out-of-fold scores of the calibration prompts
+    clean_scores: np.ndarray  # out-of-fold scores of the calibration prompts, band offsets applied
     n_prompts: int
     coverage: tuple[str, ...] = ()  # the code sources of the coverage variants calibrated on (detect/coverage.py)
+    # Length bands: content-length edges between bands, and per band the offset its scores are
+    # lowered by. Empty: no bands (files before format 6).
+    band_edges: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    band_offsets: np.ndarray = field(default_factory=lambda: np.zeros(0))
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     version: int = FORMAT_VERSION
 
@@ -181,7 +206,7 @@ class Calibration:
             layers: list[int], families: list[str], method: str = "collapse", target_fpr: float = 0.01,
             n_components: int = 32, length_adjust: bool = False, top_k: int = 1,
             units: np.ndarray | None = None, spread_floor: float = SPREAD_FLOOR, folds: int = 5,
-            seed: int = 0, coverage: tuple[str, ...] = ()) -> Calibration:
+            seed: int = 0, coverage: tuple[str, ...] = (), length_bands: bool = False) -> Calibration:
         if not 0 < target_fpr < 0.5:
             raise InputError(f"target FPR must be in (0, 0.5), got {target_fpr}")
         if len(features) < 2 * folds:
@@ -191,15 +216,29 @@ class Calibration:
             model = AnomalyModel.fit(features[fit_idx], lengths[fit_idx], direction, method, n_components,
                                      length_adjust, top_k, units, spread_floor)
             oof[held_idx] = model.score(features[held_idx], lengths[held_idx])
-        return cls(model_hash=model_hash, layers=list(layers), families=list(families), target_fpr=target_fpr,
-                   threshold=float(np.quantile(oof, 1 - target_fpr)),
-                   anomaly=AnomalyModel.fit(features, lengths, direction, method, n_components, length_adjust,
-                                            top_k, units, spread_floor),
-                   clean_scores=oof,
-                   n_prompts=len(features), coverage=tuple(coverage))
+        threshold = float(np.quantile(oof, 1 - target_fpr))
+        edges, offsets = _length_bands(oof, lengths, target_fpr, threshold) if length_bands else (np.zeros(0),) * 2
+        cal = cls(model_hash=model_hash, layers=list(layers), families=list(families), target_fpr=target_fpr,
+                  threshold=threshold,
+                  anomaly=AnomalyModel.fit(features, lengths, direction, method, n_components, length_adjust,
+                                           top_k, units, spread_floor),
+                  clean_scores=oof, n_prompts=len(features), coverage=tuple(coverage),
+                  band_edges=edges, band_offsets=offsets)
+        cal.clean_scores = oof - cal.band_offset(lengths)
+        return cal
+
+    @property
+    def length_bands(self) -> bool:
+        return len(self.band_offsets) > 0
+
+    def band_offset(self, lengths: np.ndarray) -> np.ndarray:
+        """What each input's score is lowered by: its length band's offset (0 without bands)."""
+        if not self.length_bands:
+            return np.zeros(len(lengths))
+        return self.band_offsets[np.searchsorted(self.band_edges, lengths, side="right")]
 
     def score(self, features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        return self.anomaly.score(features, lengths)
+        return self.anomaly.score(features, lengths) - self.band_offset(lengths)
 
     def save(self, path: Path) -> None:
         meta = {"format": "headguard-calibration", "version": str(self.version), "model_hash": self.model_hash,
@@ -210,7 +249,8 @@ class Calibration:
         a = self.anomaly
         tensors = {"length_coef": a.length_coef, "mean": a.mean, "scale": a.scale, "direction": a.direction,
                    "components": a.components, "center": a.center, "precision": a.precision,
-                   "length_range": a.length_range, "units": a.units, "clean_scores": self.clean_scores}
+                   "length_range": a.length_range, "units": a.units, "clean_scores": self.clean_scores,
+                   "band_edges": self.band_edges, "band_offsets": self.band_offsets}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
@@ -242,5 +282,7 @@ class Calibration:
                    families=json.loads(meta["families"]), target_fpr=float(meta["target_fpr"]),
                    threshold=float(meta["threshold"]), anomaly=anomaly, clean_scores=tensors["clean_scores"],
                    n_prompts=int(meta["n_prompts"]), coverage=_coverage(meta.get("coverage", "")),
+                   # Files before format 6 have no bands.
+                   **{k: tensors[k] for k in ("band_edges", "band_offsets") if k in tensors},
                    created=meta["created"],
                    version=int(meta["version"]))

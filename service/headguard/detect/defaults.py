@@ -32,6 +32,7 @@ class ScoreDefaults:
     # The code sources (detect/coverage.py) of the code-bearing variants calibrated on beside
     # the joined ones; none: the prompts alone.
     coverage: tuple[str, ...] = ()
+    length_bands: bool = False  # each content-length band of the prompts holds the target FPR too
 
 
 DEFAULTS = {

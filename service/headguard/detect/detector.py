@@ -41,12 +41,13 @@ class Verdict:
 def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, layers: list[int] | None = None,
               families: tuple[str, ...] | None = None, method: str = "collapse", n_components: int = 32,
               length_adjust: bool | None = None, top_k: int | None = None, per_head: bool | None = None,
-              coverage: bool | tuple[str, ...] | None = None, model_hash: str | None = None) -> Calibration:
+              coverage: bool | tuple[str, ...] | None = None, length_bands: bool | None = None,
+              model_hash: str | None = None) -> Calibration:
     """Fits the anomaly model and its threshold on clean prompts (never on the trigger).
 
-    Families, top_k, length adjustment, per-head averaging and coverage variants
-    (detect/coverage.py) left unset take the defaults for the model's kind; coverage True takes
-    the kind's code sources (Python code where the kind has none), False none.
+    Families, top_k, length adjustment, per-head averaging, coverage variants
+    (detect/coverage.py) and length bands left unset take the defaults for the model's kind;
+    coverage True takes the kind's code sources (Python code where the kind has none), False none.
     """
     if len(prompts) < RECOMMENDED_PROMPTS:
         log.warning("calibrating on %d prompts; %d or more are recommended: with fewer, the threshold "
@@ -56,6 +57,7 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     length_adjust = defaults.length_adjust if length_adjust is None else length_adjust
     top_k = defaults.top_k if top_k is None else top_k
     per_head = defaults.per_head if per_head is None else per_head
+    length_bands = defaults.length_bands if length_bands is None else length_bands
     if coverage is None:
         coverage = defaults.coverage
     elif coverage is True:
@@ -72,7 +74,7 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     return Calibration.fit(features, lengths, direction, model_hash=model_hash or weights_hash(clf.model),
                            layers=scorer.layers, families=list(scorer.families), method=method,
                            target_fpr=target_fpr, n_components=n_components, length_adjust=length_adjust,
-                           top_k=top_k, units=units, coverage=coverage)
+                           top_k=top_k, units=units, coverage=coverage, length_bands=length_bands)
 
 
 def coverage_within_context(clf: Classifier, prompts: list[str], code: tuple[str, ...] = ("python",)) -> list[str]:
