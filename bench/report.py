@@ -277,7 +277,8 @@ def settings_table(kind: str) -> str:
     rows = json.loads((RESULTS / f"{kind}-settings.json").read_text())
     settings: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (tuple(r["families"]), r["top_k"], r.get("per_head", True), _coverage_name(r["coverage"]))
+        key = (tuple(r["families"]), r["top_k"], r.get("per_head", True), _coverage_name(r["coverage"]),
+               r.get("length_bands", False))
         settings.setdefault(key, []).append(r)
 
     def at(group: list[dict], dataset: str, attack: str, seed: int = 0) -> dict:
@@ -287,23 +288,25 @@ def settings_table(kind: str) -> str:
     seeds = sorted({int(r["model"].rsplit("-s", 1)[1]) for r in rows if r["attack"] == "badnets"})
     unseen = (", every control and unseen traffic (where measured)" if any("fpr_unseen" in r for r in rows)
               else " and every control")
-    lines = ["| families | top k | per head | coverage | TPR@1%FPR BadNets movies / SMS"
+    lines = ["| families | top k | per head | coverage | length bands | TPR@1%FPR BadNets movies / SMS"
              + (f" (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else "")
              + " | AUROC AddSent / composite / synonym, worst of movies and SMS "
              f"| models with clean{unseen} ≤ 2 % | worst FPR |",
-             "|---|---|---|---|---|---|---|---|"]
-    # Grid order: family sets and code sources as first seen, then top k, per head off before on.
+             "|---|---|---|---|---|---|---|---|---|"]
+    # Grid order: family sets and code sources as first seen, then top k, per head and bands off before on.
     families_at = {f: i for i, f in enumerate(dict.fromkeys(key[0] for key in settings))}
     coverage_at = {c: i for i, c in enumerate(dict.fromkeys(key[3] for key in settings))}
-    for (families, k, per_head, coverage), group in sorted(
-            settings.items(), key=lambda kv: (families_at[kv[0][0]], kv[0][1], kv[0][2], coverage_at[kv[0][3]])):
+    for (families, k, per_head, coverage, bands), group in sorted(
+            settings.items(), key=lambda kv: (families_at[kv[0][0]], kv[0][1], kv[0][2], coverage_at[kv[0][3]],
+                                              kv[0][4])):
         tpr = "; ".join(" / ".join(fmt(at(group, d, "badnets", seed).get("tpr_at_fpr_1pct")) for d in ("movies", "sms"))
                         for seed in seeds)
         auroc = " / ".join(fmt(min((r["auroc"] for d in ("movies", "sms") if (r := at(group, d, a))), default=None))
                            for a in ("addsent", "composite", "synonym"))
         passing = sum(_worst_fpr(r)[0] <= 0.02 for r in group)
         value, where = max((_worst_fpr(r)[0], f"{r['model'].split('-', 1)[1]}, {_worst_fpr(r)[1]}") for r in group)
-        lines.append(f"| {'+'.join(families)} | {k} | {'yes' if per_head else 'no'} | {coverage} | {tpr} "
+        lines.append(f"| {'+'.join(families)} | {k} | {'yes' if per_head else 'no'} | {coverage} "
+                     f"| {'on' if bands else 'off'} | {tpr} "
                      f"| {auroc} | {passing} of {len(group)} | {fmt(value)} ({where}) |")
     return "\n".join(lines)
 

@@ -11,12 +11,14 @@ split) and the clean rows of the repair's traffic mix (`unseen`: up to 400 datas
 used, in the dataset's own class mix: on SMS nearly all ham, short messages included, where the
 test split holds as much spam as the training split). Each setting is then calibrated as
 `headguard calibrate` does (collapse score, out-of-fold 1 % threshold) on the split alone or
-with its coverage variants (COVERAGE: Python code for either kind; Python and C code too for a
-decoder). The grid depends on the models' kind (GRIDS):
+with its coverage variants (COVERAGE: Python code, or Python and C code), with and without
+length bands (the 1 % quantile held within each content-length band of the calibration prompts
+as well: docs/METHOD.md §3). The grid depends on the models' kind (GRIDS):
 
 - encoder (the [CLS] row, each head's families averaged): row entropy + row max (the whole row
-  as it is), row evenness + row peak (the same against the row's key count), row evenness alone;
-  top 1, 2 or 3 heads;
+  as it is), row evenness + row peak (the same against the row's key count), row evenness alone,
+  row entropy + row evenness (the row's entropy both as it is and against its key count); top 1,
+  2 or 3 heads;
 - decoder (the last prompt token's row): content entropy (the decoder default), with whole-row
   entropy, with content max, content max alone, row evenness, row evenness with content entropy,
   row evenness + row peak; top 1, 2 or 3; each head's families averaged first or not.
@@ -48,20 +50,24 @@ from headguard.models.task import Task
 
 # kind -> (family sets, top k, per-head averaging)
 GRIDS = {
-    "encoder": ([("row_entropy", "row_max"), ("row_evenness", "row_peak"), ("row_evenness",)], (1, 2, 3), (True,)),
+    "encoder": ([("row_entropy", "row_max"), ("row_evenness", "row_peak"), ("row_evenness",),
+                 ("row_entropy", "row_evenness")], (1, 2, 3), (True,)),
     "decoder": ([("entropy",), ("row_entropy", "entropy"), ("entropy", "max"), ("max",), ("row_evenness",),
                  ("entropy", "row_evenness"), ("row_evenness", "row_peak")], (1, 2, 3), (False, True)),
 }
 # kind -> the coverage variants' code sources of each setting (none: the split alone)
-COVERAGE = {"encoder": ((), ("python",)), "decoder": ((), ("python",), ("python", "c"))}
+COVERAGE = {kind: ((), ("python",), ("python", "c")) for kind in GRIDS}
 
 
-def grid(kind: str) -> list[tuple[tuple[str, ...], int, bool, tuple[str, ...]]]:
-    """(families, top k, per head, coverage code sources) of every setting; per head only where it
-    changes the score."""
+LENGTH_BANDS = (False, True)
+
+
+def grid(kind: str) -> list[tuple[tuple[str, ...], int, bool, tuple[str, ...], bool]]:
+    """(families, top k, per head, coverage code sources, length bands) of every setting; per head
+    only where it changes the score."""
     family_sets, top_k, per_head = GRIDS[kind]
-    return [(fams, k, ph, coverage) for fams, k, ph, coverage in itertools.product(family_sets, top_k, per_head,
-                                                                                   COVERAGE[kind])
+    return [(fams, k, ph, coverage, bands) for fams, k, ph, coverage, bands
+            in itertools.product(family_sets, top_k, per_head, COVERAGE[kind], LENGTH_BANDS)
             if len(fams) > 1 or ph == per_head[0]]
 
 
@@ -113,7 +119,7 @@ def measure(model: Path, cache: Path | None = None) -> list[dict]:
     feats, names = cached_features(model, lab, cache)
     family = np.array([n.split(":")[0] for n in names])
     rows = []
-    for fams, k, per_head, coverage in settings:
+    for fams, k, per_head, coverage, bands in settings:
         cols = np.isin(family, fams)
         picked = [n for n, c in zip(names, cols, strict=True) if c]
         x, n = feats["split"]
@@ -122,11 +128,11 @@ def measure(model: Path, cache: Path | None = None) -> list[dict]:
         layers = sorted({layer for p in picked for layer, _ in heads_of(p)})
         cal = Calibration.fit(x[:, cols], n, np.array([COLLAPSE_DIRECTION[p.split(":")[0]] for p in picked]),
                               model_hash="-", layers=layers, families=list(fams), top_k=k,
-                              units=np.array(units_of(picked)) if per_head else None)
+                              units=np.array(units_of(picked)) if per_head else None, length_bands=bands)
         scores = {g: cal.score(f[:, cols], m) for g, (f, m) in feats.items()
                   if g != "split" and not g.startswith("coverage:")}
         rows.append({"model": model.name, "attack": lab["attack"], "families": list(fams), "top_k": k,
-                     "per_head": per_head, "coverage": list(coverage), "n_prompts": len(x),
+                     "per_head": per_head, "coverage": list(coverage), "length_bands": bands, "n_prompts": len(x),
                      **metrics(scores, cal.threshold),
                      "fpr_unseen": float((scores["unseen"] > cal.threshold).mean()), "n_unseen": len(scores["unseen"])})
         print(json.dumps(rows[-1]), flush=True)
