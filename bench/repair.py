@@ -24,6 +24,7 @@ Only the harness (lab traffic, lab eval) knows the trigger; the repair sees flag
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
@@ -31,12 +32,14 @@ import time
 from pathlib import Path
 
 from headguard.detect.calibration import Calibration
+from headguard.detect.defaults import score_defaults
 from headguard.detect.detector import Detector, calibrate
 from headguard.errors import InputError
 from headguard.lab.evaluate import EvalConfig, evaluate
 from headguard.lab.splits import read_split
 from headguard.lab.traffic import flag_traffic
 from headguard.models.classifier import Classifier
+from headguard.models.task import Task
 from headguard.prompts import read_prompts
 from headguard.repair.run import repair_files
 from headguard.repair.train import RepairConfig
@@ -56,7 +59,9 @@ def _suffix() -> str:
 
 def prepare(model: Path) -> tuple[Path, Path, dict]:
     """Calibration and flagged prompts of one model (cached in WORK)."""
-    work = WORK / f"{model.name}{_suffix()}"
+    # Keyed by the kind's scoring defaults too, so a changed default is not served a stale calibration.
+    defaults = hashlib.sha256(repr(score_defaults(Task.load(model).kind)).encode()).hexdigest()[:8]
+    work = WORK / f"{model.name}{_suffix()}-{defaults}"
     work.mkdir(parents=True, exist_ok=True)
     cal, flagged = work / "cal.safetensors", work / "flagged.jsonl"
     if not cal.exists():
@@ -106,7 +111,7 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
         except InputError as exc:  # e.g. a clean model: nothing flagged can be neutralised; the model is unchanged
             report = evaluate(EvalConfig(model=model), DEVICE)
             row = {"model": model.name, "variant": name, "seed": seed, "target_fpr": TARGET_FPR,
-                   "refused": str(exc), "heads": [], "heads_share": 0.0,
+                   "scoring": Calibration.load(cal).setting(), "refused": str(exc), "heads": [], "heads_share": 0.0,
                    "seconds": round(time.perf_counter() - started, 1), "traffic": traffic,
                    "flagged_match_neutral": {"before": None, "after": None}, "clean_agreement": 1.0,
                    "clean_accuracy": report["clean_accuracy"], "attack_success_rate": report["attack_success_rate"]}
@@ -118,7 +123,8 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
         report = evaluate(EvalConfig(model=model, patch=patch_dir), DEVICE)
         m = patch.manifest
         row = {"model": model.name, "variant": name, "seed": seed, "target_fpr": TARGET_FPR, "device": DEVICE,
-               "heads": m["heads"], "heads_share": m["heads_share"], "seconds": round(seconds, 1), "traffic": traffic,
+               "scoring": Calibration.load(cal).setting(), "heads": m["heads"], "heads_share": m["heads_share"],
+               "seconds": round(seconds, 1), "traffic": traffic,
                "neutralised": m["flagged"]["neutralised"], "widened": m["flagged"]["widened"],
                "removed_words": m["flagged"]["removed_words"][:3],
                "flagged_match_neutral": m["flagged_match_neutral"], "clean_agreement": m["clean_agreement"],

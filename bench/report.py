@@ -48,11 +48,21 @@ def controls_cell(fpr_controls: dict) -> str:
     return "/".join(fmt(fpr_controls[k], 2) for k in ("rare_word", "typos", "repeated", "code", "long"))
 
 
+def _scoring(report: dict) -> str:
+    """A headguard row's scoring setting ("default then": written before eval recorded it)."""
+    setting = report["detection"].get("setting")
+    if not setting:
+        return "default then" if report["defense"] == "headguard" else "—"
+    return (f"{'+'.join(setting['families'])}{' per head' if setting['per_head'] else ''}, "
+            f"top {setting['top_k']}, {_coverage_name(setting['coverage'])}"
+            f"{', bands' if setting['length_bands'] else ''}")
+
+
 def defense_table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.eval-*.json"))]
-    lines = ["| base | dataset | attack | defense | inputs clean/triggered | AUROC | TPR@1%FPR | FPR clean "
+    lines = ["| base | dataset | attack | defense | scoring | inputs clean/triggered | AUROC | TPR@1%FPR | FPR clean "
              "| FPR controls (rare/typo/rep/code/long) | passes/input | s/input | model s/input |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r.get("detection")
         if not d:
@@ -60,7 +70,8 @@ def defense_table() -> str:
         ctrl = controls_cell(d["fpr_controls"])
         inputs = f"{d['n_clean']}/{d.get('n_triggered') or '—'}"
         lines.append(
-            f"| {r['base']} | {r['dataset']} | {r['attack']} | {r['defense']} | {inputs} | {fmt(d.get('auroc'))} | "
+            f"| {r['base']} | {r['dataset']} | {r['attack']} | {r['defense']} | {_scoring(r)} | "
+            f"{inputs} | {fmt(d.get('auroc'))} | "
             f"{fmt(d.get('tpr_at_fpr_1pct'))} | {fmt(d['fpr_clean'])} | {ctrl} | "
             f"{r['cost']['forward_passes_per_input']:.1f} | {r['cost']['seconds_per_input']:.4f} | "
             f"{r['cost_model']['seconds_per_input']:.4f} |"

@@ -68,5 +68,8 @@ def test_lab_eval_with_headguard_is_one_pass_per_input(minilm_badnets, tmp_path)
     report = json.loads(out.read_text())
     det = report["detection"]
     assert report["cost"]["forward_passes_per_input"] == 1
+    # The report says how it scored: the encoder defaults, calibrated with Python coverage variants.
+    assert det["setting"]["families"] == ["row_entropy", "row_max"] and det["setting"]["per_head"]
+    assert det["setting"]["coverage"] == ["python"] and det["setting"]["n_prompts"] > 400
     assert det["auroc"] >= 0.95
     assert max(det["fpr_controls"].values()) <= 0.05

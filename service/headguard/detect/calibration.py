@@ -231,6 +231,12 @@ class Calibration:
     def length_bands(self) -> bool:
         return len(self.band_offsets) > 0
 
+    def setting(self) -> dict:
+        """How inputs are scored, for reports: what `headguard calibrate` was given or defaulted to."""
+        return {"families": list(self.families), "top_k": self.anomaly.top_k, "per_head": self.anomaly.per_head,
+                "length_adjusted": self.anomaly.length_adjusted, "coverage": list(self.coverage),
+                "length_bands": self.length_bands, "n_prompts": self.n_prompts}
+
     def band_offset(self, lengths: np.ndarray) -> np.ndarray:
         """What each input's score is lowered by: its length band's offset (0 without bands)."""
         if not self.length_bands:

@@ -24,6 +24,10 @@ class Defense:
     def __init__(self) -> None:
         self.forward_passes = 0  # sequences pushed through any model by score() so far
 
+    def setting(self) -> dict | None:
+        """How the calibrated defense scores, for the report (None: nothing to choose)."""
+        return None
+
     def calibrate(self, clf: Classifier, clean: list[str], target_fpr: float) -> float:
         """Fits on clean prompts and returns the threshold that flags `target_fpr` of them."""
         self._fit(clf, clean)
@@ -73,6 +77,9 @@ class HeadguardDefense(Defense):
         calibration = calibrate(clf, clean, target_fpr=target_fpr, **self.options)
         self.detector = Detector(clf, calibration, model_hash=calibration.model_hash)
         return calibration.threshold  # set out-of-fold, not on the prompts the model was fitted on
+
+    def setting(self) -> dict | None:
+        return self.detector.calibration.setting()
 
     def _score(self, texts: list[str]) -> np.ndarray:
         self.forward_passes += len(texts)

@@ -109,8 +109,8 @@ def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
 
     clean_scores, clean_seconds = _timed_scores(defense, clean_texts)
     passes_clean = defense.forward_passes
-    detection: dict = {"threshold": threshold, "target_fpr": TARGET_FPR, "n_clean": len(clean_texts),
-                       "fpr_clean": float((clean_scores > threshold).mean())}
+    detection: dict = {"threshold": threshold, "target_fpr": TARGET_FPR, "setting": defense.setting(),
+                       "n_clean": len(clean_texts), "fpr_clean": float((clean_scores > threshold).mean())}
     if poisoned:
         poison_scores, _ = _timed_scores(defense, poisoned)
         labels = np.r_[np.zeros(len(clean_scores)), np.ones(len(poison_scores))]
