@@ -51,9 +51,12 @@ def tiny_model(tmp_path_factory, clean_texts) -> tuple[Path, Path]:
                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
                          bos_token_id=tokenizer.cls_token_id)
-    # Not the decoder defaults, so that a recalibration that forgot them would show.
+    # Not the decoder defaults, so that a recalibration that forgot them would show. Content
+    # entropy: a random model's rows are near even, so its row evenness barely varies between
+    # prompts (spread ~5e-6) and float noise of padding (~2e-7) would move its scores.
     return _save_and_calibrate(folder, LlamaForCausalLM(config), tokenizer, SENTIMENT, clean_texts[:120],
-                               "--top-k", "2", "--length-adjust", "--per-head", "--no-coverage")
+                               "--families", "entropy", "--top-k", "2", "--length-adjust", "--per-head",
+                               "--no-coverage")
 
 
 @pytest.fixture(scope="session")

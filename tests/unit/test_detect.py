@@ -49,14 +49,17 @@ def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
 
 
 @pytest.mark.parametrize(("fixture", "scoring"), [
-    ("tiny_encoder", (["row_entropy", "row_max"], 1, False, True, ("python",))),
-    ("tiny_decoder", (["entropy"], 3, False, False, ("python", "c"))),
+    ("tiny_encoder", (["row_entropy", "row_max"], 1, False, True, ("python",), False)),
+    ("tiny_decoder", (["row_evenness"], 3, False, False, ("python", "c"), True)),
 ])
 def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, request, tmp_path):
     def settings(cal: Calibration) -> tuple:
-        return cal.families, cal.anomaly.top_k, cal.anomaly.length_adjusted, cal.anomaly.per_head, cal.coverage
+        return (cal.families, cal.anomaly.top_k, cal.anomaly.length_adjusted, cal.anomaly.per_head, cal.coverage,
+                cal.length_bands)
 
-    cal = calibrate(request.getfixturevalue(fixture), PROMPTS)
+    # Enough prompts (with their coverage variants) for length bands to have two bands or more.
+    prompts = [f"{prompt} ({i})" for i in range(3) for prompt in PROMPTS]
+    cal = calibrate(request.getfixturevalue(fixture), prompts)
     assert settings(cal) == scoring
     cal.save(tmp_path / "cal.safetensors")
     assert settings(Calibration.load(tmp_path / "cal.safetensors")) == scoring

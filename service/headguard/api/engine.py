@@ -242,7 +242,7 @@ class Engine:
                 calibration={"created": cal.created, "prompts": cal.n_prompts, "target_fpr": cal.target_fpr,
                              "method": cal.anomaly.method, "families": cal.families, "top_k": cal.anomaly.top_k,
                              "length_adjusted": cal.anomaly.length_adjusted, "per_head": cal.anomaly.per_head,
-                             "coverage": list(cal.coverage)},
+                             "coverage": list(cal.coverage), "length_bands": cal.length_bands},
                 policy={"mode": self.settings.mode, "fail_mode": self.settings.fail_mode,
                         "reject_threshold": loaded.policy.reject_threshold,
                         "route_threshold": loaded.policy.route_threshold},

@@ -10,12 +10,17 @@ anomalous by that alone: on MiniLM SMS BadNets that kept every specificity contr
 where the messages alone let 2–3 % through. Features are not adjusted for length: a line fitted
 on short messages misjudged the same messages with a code snippet appended.
 A decoder reads the last prompt token: how much of its row the first-token sink takes moves with
-length and content (code, long inputs), so the entropy over content keys only is read, and a
-LoRA backdoor spreads over many heads, so the mean of the three most collapsed heads scores,
-which one odd head on a clean input cannot reach alone. It calibrates with coverage variants
-of Python and C code: on SmolLM2 SMS BadNets a Go line appended to a message moved heads the
-backdoor does not use past the threshold (13 % of code inputs; 8.5 % with Python code
-variants), and with C lines among the variants none crossed.
+length and content, and a row over few keys concentrates for want of keys, so the whole row's
+entropy is read against its key count (row evenness); a LoRA backdoor spreads over many heads,
+so the mean of the three most collapsed heads scores, which one odd head on a clean input cannot
+reach alone. It calibrates with coverage variants of Python and C code (on SmolLM2 SMS BadNets
+a Go line appended to a message moved heads the backdoor does not use past the threshold), and
+holds the threshold within each content-length band of the prompts too: short chat messages
+("Yup ok...") crossed a threshold set on the calibration split's longer ones. Of the 198
+decoder settings measured on seven SmolLM2 models, it is the one that kept every group (held-out
+clean, five specificity controls, unseen traffic) within 2 % on all seven while catching 97 % of
+BadNets on movies and on the seed-1 SMS build (94.6 % on seed 0); content entropy, the previous
+default, caught 61 % of SMS BadNets seed 0 and let 3.5-5.8 % of seed 1's clean messages through.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ class ScoreDefaults:
 DEFAULTS = {
     "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=1, length_adjust=False, per_head=True,
                              coverage=("python",)),
-    "decoder": ScoreDefaults(families=("entropy",), top_k=3, length_adjust=False, coverage=("python", "c")),
+    "decoder": ScoreDefaults(families=("row_evenness",), top_k=3, length_adjust=False, coverage=("python", "c"),
+                             length_bands=True),
 }
 
 
