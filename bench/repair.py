@@ -77,6 +77,7 @@ def prepare(model: Path) -> tuple[Path, Path, dict]:
 
 def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | None) -> list[dict]:
     cal, flagged_file, traffic = prepare(model)
+    scoring = Calibration.load(cal).setting()  # what flagged the traffic
     # Nothing flagged (a clean model, a trigger the detector misses): repair_files refuses, recorded below.
     flagged = read_prompts(flagged_file) if traffic["flagged"] else []
     configs: list[tuple[str, RepairConfig]] = []
@@ -111,7 +112,7 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
         except InputError as exc:  # e.g. a clean model: nothing flagged can be neutralised; the model is unchanged
             report = evaluate(EvalConfig(model=model), DEVICE)
             row = {"model": model.name, "variant": name, "seed": seed, "target_fpr": TARGET_FPR,
-                   "scoring": Calibration.load(cal).setting(), "refused": str(exc), "heads": [], "heads_share": 0.0,
+                   "scoring": scoring, "refused": str(exc), "heads": [], "heads_share": 0.0,
                    "seconds": round(time.perf_counter() - started, 1), "traffic": traffic,
                    "flagged_match_neutral": {"before": None, "after": None}, "clean_agreement": 1.0,
                    "clean_accuracy": report["clean_accuracy"], "attack_success_rate": report["attack_success_rate"]}
@@ -123,7 +124,7 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
         report = evaluate(EvalConfig(model=model, patch=patch_dir), DEVICE)
         m = patch.manifest
         row = {"model": model.name, "variant": name, "seed": seed, "target_fpr": TARGET_FPR, "device": DEVICE,
-               "scoring": Calibration.load(cal).setting(), "heads": m["heads"], "heads_share": m["heads_share"],
+               "scoring": scoring, "heads": m["heads"], "heads_share": m["heads_share"],
                "seconds": round(seconds, 1), "traffic": traffic,
                "neutralised": m["flagged"]["neutralised"], "widened": m["flagged"]["widened"],
                "removed_words": m["flagged"]["removed_words"][:3],

@@ -17,8 +17,8 @@ reach alone. It calibrates with coverage variants of Python and C code (on SmolL
 a Go line appended to a message moved heads the backdoor does not use past the threshold), and
 holds the threshold within each content-length band of the prompts too: short chat messages
 ("Yup ok...") crossed a threshold set on the calibration split's longer ones. Of the 198
-decoder settings measured on seven SmolLM2 models, it is the one that kept every group (held-out
-clean, five specificity controls, unseen traffic) within 2 % on all seven while catching 97 % of
+decoder settings measured on seven SmolLM2 models, two kept every group (held-out clean, five
+specificity controls, unseen traffic) within 2 % on all seven; this one catches more, 97 % of
 BadNets on movies and on the seed-1 SMS build (94.6 % on seed 0); content entropy, the previous
 default, caught 61 % of SMS BadNets seed 0 and let 3.5-5.8 % of seed 1's clean messages through.
 """
