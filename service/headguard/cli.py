@@ -279,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", type=Path, help="write the report as JSON")
     e.set_defaults(func=_lab_eval)
 
-    t = lab_commands.add_parser("traffic", help="scan a mix of unseen clean and triggered rows; write the flagged")
+    t = lab_commands.add_parser(
+        "traffic", help="scan a mix of unseen clean and triggered rows (triggered ones topped up from the calibration "
+                        "split where the unused rows run short); write the flagged")
     t.add_argument("--model", type=Path, required=True)
     t.add_argument("--calibration", type=Path, required=True)
     t.add_argument("--n", type=int, default=400, help="rows in the mix")
