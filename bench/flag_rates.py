@@ -37,11 +37,9 @@ def main() -> None:
     detector = Detector(Classifier.from_folder(args.model, "cpu"), calibration)
     for split in ("test", "calibration"):
         rows = [ex.text for ex in read_split(args.model, split) if ex.label != manifest["target_index"]][: args.n]
-        with_trigger = detector.scan(triggered(attack, rows, args.seed))
-        without = detector.scan(rows)
-        print(json.dumps({"split": split, "n": len(rows), "threshold": calibration.threshold,
-                          "triggered_flagged": sum(v.flagged for v in with_trigger) / len(rows),
-                          "clean_flagged": sum(v.flagged for v in without) / len(rows)}), flush=True)
+        inputs = {"triggered_flagged": triggered(attack, rows, args.seed), "clean_flagged": rows}
+        shares = {name: sum(v.flagged for v in detector.scan(texts)) / len(rows) for name, texts in inputs.items()}
+        print(json.dumps({"split": split, "n": len(rows), "threshold": calibration.threshold, **shares}), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,4 +27,3 @@ def test_small_class_shrinks_every_split_proportionally():
     spam = [sum(ex.label for ex in part) for part in (s.train, s.calibration, s.test)]
     assert 0 < spam[1] < 200 and 0 < spam[2] < 300  # spam is the small class
     assert spam[0] / spam[2] == pytest.approx(1000 / 300, rel=0.05)
-
