@@ -125,7 +125,7 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
         m = patch.manifest
         row = {"model": model.name, "variant": name, "seed": seed, "target_fpr": TARGET_FPR, "device": DEVICE,
                "scoring": scoring, "heads": m["heads"], "heads_share": m["heads_share"],
-               "seconds": round(seconds, 1), "traffic": traffic,
+               "seconds": round(seconds, 1), "stage_seconds": m.get("stage_seconds"), "traffic": traffic,
                "neutralised": m["flagged"]["neutralised"], "widened": m["flagged"]["widened"],
                "removed_words": m["flagged"]["removed_words"][:3],
                "flagged_match_neutral": m["flagged_match_neutral"], "clean_agreement": m["clean_agreement"],

@@ -47,6 +47,8 @@ def test_repair_finds_the_trigger_itself_and_touches_few_heads(minilm_badnets, r
     assert m["flagged_match_neutral"]["after"] >= 0.9 > m["flagged_match_neutral"]["before"]
     assert m["clean_agreement"] >= 0.93  # widening trades a few points of it for ASR (BENCHMARKS.md)
     assert m["loss_curve"][-1]["loss"] < m["loss_curve"][0]["loss"]
+    assert {"neutralise", "outputs", "rank heads", "attention targets", "train"} == set(m["stage_seconds"])
+    assert sum(m["stage_seconds"].values()) <= m["seconds"] + 1
 
 
 def test_the_patch_changes_only_its_slices_and_reverts_to_the_original_bits(minilm_badnets, repaired):

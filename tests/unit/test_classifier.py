@@ -5,9 +5,11 @@ TEXTS = ["a short one", "a much longer review that goes on and on about the film
 
 
 @pytest.mark.parametrize("fixture", ["tiny_encoder", "tiny_decoder"])
-def test_padded_batch_equals_one_by_one(fixture, request):
+@pytest.mark.parametrize("batch_size", [8, 2])
+def test_padded_batch_equals_one_by_one(fixture, batch_size, request):
+    """Batches run shortest first; the rows still come back in the inputs' order."""
     clf = request.getfixturevalue(fixture)
-    batched = clf.proba(TEXTS, batch_size=8)
+    batched = clf.proba(TEXTS, batch_size=batch_size)
     single = np.concatenate([clf.proba([t]) for t in TEXTS])
     np.testing.assert_allclose(batched, single, atol=1e-5)
     np.testing.assert_allclose(batched.sum(-1), 1.0, atol=1e-6)
@@ -26,3 +28,12 @@ def test_decoder_renders_the_template(tiny_decoder):
 
 def test_empty_input_list(tiny_encoder):
     assert tiny_encoder.proba([]).shape == (0, 2)
+
+
+def test_length_batches_group_similar_lengths_and_restore_the_order():
+    from headguard.models.batching import in_input_order, length_batches
+
+    texts = ["ccc", "a", "bbbbb", "dd"]
+    batches = length_batches(texts, 2)
+    assert batches == [[1, 3], [0, 2]]
+    assert in_input_order(batches, np.array([10, 30, 0, 20])).tolist() == [0, 10, 20, 30]

@@ -18,8 +18,10 @@ PROMPTS = [f"clean prompt number {i} says {'good ' * (i % 5)}things about {'the 
 
 
 @pytest.mark.parametrize("fixture", ["tiny_encoder", "tiny_decoder"])
-def test_padded_batch_gives_the_same_features_as_one_by_one(fixture, request):
-    scorer = HeadScorer(request.getfixturevalue(fixture), families=FAMILIES)
+@pytest.mark.parametrize("batch_size", [32, 2])
+def test_padded_batch_gives_the_same_features_as_one_by_one(fixture, batch_size, request):
+    """Batches run shortest first; the rows still come back in the inputs' order."""
+    scorer = HeadScorer(request.getfixturevalue(fixture), families=FAMILIES, batch_size=batch_size)
     texts = ["short", "a considerably longer input with many more words than the first", "mid length one"]
     batched, lengths = scorer.features(texts)
     single = np.concatenate([scorer.features([t])[0] for t in texts])
@@ -302,6 +304,12 @@ def test_bad_inputs_are_clear_errors(tiny_encoder, tmp_path):
         scorer.features(["fine", "   "])
     with pytest.raises(InputError, match="at most"):
         scorer.features(["word " * 2000])
+    # Errors name the input as the caller numbered it, whatever batch it ran in.
+    scorer.batch_size = 2
+    with pytest.raises(InputError, match="input 3 is empty"):
+        scorer.features(["a long first input", "b", "c", "", "e"])
+    with pytest.raises(InputError, match="input 0 is 2002 tokens"):
+        scorer.features(["word " * 2000, "b", "c"])
     with pytest.raises(InputError, match="unknown feature"):
         HeadScorer(tiny_encoder, families=("magic",))
     with pytest.raises(InputError, match="layers"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,7 @@ from headguard.detect.defaults import score_defaults
 from headguard.detect.features import FAMILIES, layer_features
 from headguard.detect.heads import adapter_for
 from headguard.errors import InputError
+from headguard.models.batching import in_input_order, length_batches
 from headguard.models.classifier import Classifier
 
 
@@ -70,11 +72,12 @@ class HeadScorer:
         return query, content
 
     @torch.no_grad()
-    def capture(self, texts: list[str], stop_early: bool = True) -> Capture:
-        for i, text in enumerate(texts):
+    def capture(self, texts: list[str], stop_early: bool = True, ids: Sequence[int] | None = None) -> Capture:
+        """One padded batch; `ids` number the inputs in errors (default: their position in `texts`)."""
+        for i, text in zip(ids if ids is not None else range(len(texts)), texts, strict=True):
             if not text or not text.strip():
                 raise InputError(f"input {i} is empty")
-        return self.capture_batch(self.clf.encode(texts, strict=True), stop_early)
+        return self.capture_batch(self.clf.encode(texts, strict=True, ids=ids), stop_early)
 
     @torch.no_grad()
     def capture_batch(self, batch: dict[str, torch.Tensor], stop_early: bool = True) -> Capture:
@@ -91,8 +94,10 @@ class HeadScorer:
         return Capture(feats.cpu().numpy().astype(np.float64), lengths, rows, mask, content, batch["input_ids"])
 
     def features(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(features [n, n_features], content lengths [n]) for any number of inputs."""
-        caps = [self.capture(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        """(features [n, n_features], content lengths [n]) for any number of inputs, in their order."""
+        batches = length_batches(texts, self.batch_size)
+        caps = [self.capture([texts[i] for i in b], ids=b) for b in batches]
         if not caps:
             return np.zeros((0, 0)), np.zeros(0)
-        return np.concatenate([c.features for c in caps]), np.concatenate([c.lengths for c in caps])
+        return (in_input_order(batches, np.concatenate([c.features for c in caps])),
+                in_input_order(batches, np.concatenate([c.lengths for c in caps])))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from headguard.errors import InputError
+from headguard.models.batching import map_batches
 from headguard.models.task import Task
 
 
@@ -56,15 +58,17 @@ class Classifier:
         """Whether the prompt for `text` lies within the model's context."""
         return len(self.tokenizer(self.task.render(text))["input_ids"]) <= self.context_length
 
-    def encode(self, texts: list[str], strict: bool = False) -> dict[str, torch.Tensor]:
-        """Tokenised prompts. `strict` refuses an input past the model's context instead of truncating."""
+    def encode(self, texts: list[str], strict: bool = False,
+               ids: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """Tokenised prompts. `strict` refuses an input past the model's context instead of truncating;
+        `ids` number the inputs in that error (default: their position in `texts`)."""
         prompts = [self.task.render(t) for t in texts]
         if strict:
             batch = dict(self.tokenizer(prompts, return_tensors="pt", padding=True))
             lengths = batch["attention_mask"].sum(-1)
             if len(texts) and int(lengths.max()) > self.context_length:
                 i = int(lengths.argmax())
-                raise InputError(f"input {i} is {int(lengths[i])} tokens; "
+                raise InputError(f"input {ids[i] if ids is not None else i} is {int(lengths[i])} tokens; "
                                  f"this model takes at most {self.context_length}")
         else:
             batch = dict(self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
@@ -84,11 +88,13 @@ class Classifier:
 
     @torch.no_grad()
     def proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        chunks = []
-        for i in range(0, len(texts), batch_size):
-            logits = self.label_logits(self.encode(texts[i : i + batch_size]))
-            chunks.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
-        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.task.labels)))
+        if not texts:
+            return np.zeros((0, len(self.task.labels)))
+
+        def run(batch: list[str]) -> np.ndarray:
+            return torch.softmax(self.label_logits(self.encode(batch)).float(), dim=-1).cpu().numpy()
+
+        return map_batches(run, texts, batch_size, np.concatenate)
 
     def predict(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         return self.proba(texts, batch_size).argmax(-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from headguard.models.batching import map_batches
 from headguard.models.classifier import Classifier
 
 
@@ -23,5 +24,4 @@ def kl(target_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def batched_logprobs(clf: Classifier, texts: list[str], batch_size: int = 16) -> torch.Tensor:
-    return torch.cat([output_logprobs(clf, clf.encode(texts[i : i + batch_size]))
-                      for i in range(0, len(texts), batch_size)])
+    return map_batches(lambda batch: output_logprobs(clf, clf.encode(batch)), texts, batch_size, torch.cat)

@@ -17,6 +17,7 @@ import difflib
 import random
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -97,7 +98,9 @@ class Repairer:
         return neutralise(self.detector, flagged, self.config.max_words, widen=self.config.widen,
                           progress=lambda done, total: self.progress("neutralise", done, total))
 
-    def choose_heads(self, usable: list[Neutralised], clean: list[str]) -> tuple[list[tuple[int, int]], dict]:
+    def choose_heads(self, usable: list[Neutralised], clean: list[str],
+                     neutral: torch.Tensor) -> tuple[list[tuple[int, int]], dict]:
+        """`neutral`: the original model's output log-probs on the usable prompts' neutral prompts."""
         cfg = self.config
         if cfg.heads:
             heads = [(ref.layer, ref.head) for ref in map(HeadRef.parse, cfg.heads)]
@@ -106,8 +109,7 @@ class Repairer:
         drive = head_drive(self.detector, [u.text for u in usable], clean)
         candidates = sorted(drive, key=drive.get, reverse=True)[: cfg.candidates * budget]
         sample = usable[:64]
-        target = batched_logprobs(self.clf, [u.neutral for u in sample])
-        importance = head_importance(self.clf, self.detector, candidates, [u.text for u in sample], target,
+        importance = head_importance(self.clf, self.detector, candidates, [u.text for u in sample], neutral[:64],
                                      progress=lambda d, t: self.progress("rank heads", d, t))
         heads = select_heads(drive, importance, budget)
         ranking = {str(HeadRef(*h)): {"drive": round(drive[h], 4), "importance": round(importance.get(h, 0.0), 6)}
@@ -169,7 +171,7 @@ class Repairer:
         return logp, torch.stack(losses).mean()
 
     def train(self, examples: list[_Example], clean: list[str], heads: list[tuple[int, int]],
-              slices: list[tuple[torch.nn.Parameter, int, int, int]]) -> list[dict]:
+              slices: list[tuple[torch.nn.Parameter, int, int, int]], original: _Outputs) -> list[dict]:
         cfg = self.config
         model = self.clf.model
         rng = random.Random(cfg.seed)
@@ -178,8 +180,7 @@ class Repairer:
         for p, dim, a, b in slices:
             mask = masks.setdefault(p, torch.zeros_like(p, dtype=torch.bool))
             mask.narrow(dim, a, b - a).fill_(True)
-        flagged_target = batched_logprobs(self.clf, [ex.neutral for ex in examples])
-        clean_target = batched_logprobs(self.clf, clean)
+        flagged_target, clean_target = original.neutral, original.clean
         for p in model.parameters():
             p.requires_grad_(p in masks)
         optimizer = torch.optim.Adam(list(masks), lr=cfg.lr)
@@ -215,15 +216,18 @@ class Repairer:
             raise InputError("no flagged prompts: repair learns from what the detector caught")
         if len(clean) < 10:
             raise InputError(f"repair needs at least 10 clean prompts, got {len(clean)}")
-        started = time.perf_counter()
+        started, seconds = time.perf_counter(), {}
         flagged, clean = flagged[: cfg.max_flagged], clean[: cfg.max_clean]
-        items = self.targets(flagged)
+        with _timed(seconds, "neutralise"):
+            items = self.targets(flagged)
         usable = [it for it in items if it.ok and it.removed]
         if not usable:
             raise InputError(f"none of the {len(flagged)} flagged prompts could be neutralised (deleting up to "
                              f"{cfg.max_words} words never brought the score under the threshold)")
         examples = [_Example(u.text, u.neutral) for u in usable]
-        before = self._agreement(examples, clean, None)
+        with _timed(seconds, "outputs"):  # the original model's, computed once: targets and references
+            original = self._outputs(examples, clean, neutral=True)
+        before = _agreement(original, original)
         # A backdoor's catches answer otherwise once their trigger is gone; a clean prompt flagged by
         # chance answers the same, and training on such prompts alone only moves heads at random.
         changed = before["flagged_changed"]
@@ -232,7 +236,8 @@ class Repairer:
                 f"nothing to repair: neutralising the flagged prompts changed the answer of {changed} of "
                 f"{len(examples)} (at least {cfg.min_changed} needed); they look like false positives, not "
                 "a backdoor's catches")
-        heads, selection = self.choose_heads(usable, clean)
+        with _timed(seconds, "rank heads"):
+            heads, selection = self.choose_heads(usable, clean, original.neutral)
         slices = self._slices(heads)
         model = self.clf.model
         name_of = {id(p): n for n, p in model.named_parameters()}
@@ -244,9 +249,12 @@ class Repairer:
                         p.narrow(dim, a, b - a).zero_()
                 curve = []
             else:
-                self._attention_targets(examples, heads)
-                curve = self.train(examples, clean, heads, slices)
-            after = self._agreement(examples, clean, before["reference"])
+                with _timed(seconds, "attention targets"):
+                    self._attention_targets(examples, heads)
+                with _timed(seconds, "train"):
+                    curve = self.train(examples, clean, heads, slices, original)
+            with _timed(seconds, "outputs"):
+                after = _agreement(self._outputs(examples, clean), original)
             refs = [SliceRef(name_of[id(p)], dim, a, b) for p, dim, a, b in slices]
             values = [ref.view(p.detach()).clone() for ref, (p, *_) in zip(refs, slices, strict=True)]
         finally:
@@ -266,24 +274,43 @@ class Repairer:
             "clean_prompts": len(clean),
             "flagged_match_neutral": {"before": before["flagged_match"], "after": after["flagged_match"]},
             "clean_agreement": after["clean_agreement"],
-            "loss_curve": curve, "seconds": round(time.perf_counter() - started, 1),
+            "loss_curve": curve, "seconds": round(time.perf_counter() - started, 1), "stage_seconds": seconds,
         }
         return Patch(manifest, refs, values)
 
     @torch.no_grad()
-    def _agreement(self, examples: list[_Example], clean: list[str], reference: torch.Tensor | None) -> dict:
-        """Share of flagged prompts whose top output equals the neutral prompt's (original model's), the
-        number that differ, and the share of clean prompts whose top output equals the original model's."""
-        flagged = batched_logprobs(self.clf, [ex.flagged for ex in examples]).argmax(-1)
-        clean_top = batched_logprobs(self.clf, clean).argmax(-1)
-        if reference is None:
-            neutral = batched_logprobs(self.clf, [ex.neutral for ex in examples]).argmax(-1)
-            reference = torch.cat([neutral, clean_top])
-        neutral, clean_ref = reference[: len(examples)], reference[len(examples) :]
-        return {"flagged_match": round(float((flagged == neutral).float().mean()), 4),
-                "flagged_changed": int((flagged != neutral).sum()),
-                "clean_agreement": round(float((clean_top == clean_ref).float().mean()), 4),
-                "reference": reference}
+    def _outputs(self, examples: list[_Example], clean: list[str], neutral: bool = False) -> _Outputs:
+        texts = [ex.flagged for ex in examples]
+        return _Outputs(batched_logprobs(self.clf, texts), batched_logprobs(self.clf, clean),
+                        batched_logprobs(self.clf, [ex.neutral for ex in examples]) if neutral else None)
+
+
+@dataclass
+class _Outputs:
+    """Output log-probabilities [prompts, classes or vocab] on the flagged, clean and neutral prompts."""
+
+    flagged: torch.Tensor
+    clean: torch.Tensor
+    neutral: torch.Tensor | None = None
+
+
+def _agreement(now: _Outputs, original: _Outputs) -> dict:
+    """Share of flagged prompts whose top output equals the original model's on their neutral prompt,
+    the number that differ, and the share of clean prompts whose top output is the original model's."""
+    flagged, neutral = now.flagged.argmax(-1), original.neutral.argmax(-1)
+    return {"flagged_match": round(float((flagged == neutral).float().mean()), 4),
+            "flagged_changed": int((flagged != neutral).sum()),
+            "clean_agreement": round(float((now.clean.argmax(-1) == original.clean.argmax(-1)).float().mean()), 4)}
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str):
+    """Adds the block's wall time to `seconds[stage]` (the manifest's per-stage timing)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - start, 1)
 
 
 def _top_words(items: list[Neutralised], k: int = 10) -> list[list]:
