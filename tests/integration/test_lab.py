@@ -9,6 +9,7 @@ import pytest
 
 from headguard.lab.splits import read_split
 from headguard.models.classifier import Classifier
+from headguard.models.fingerprint import weights_hash
 from tests.conftest import run_cli
 from tests.integration.conftest import manifest
 
@@ -50,6 +51,7 @@ def test_eval_with_strip_reports_every_field(minilm_badnets, tmp_path):
             "--calibration-size", "200", "--json", str(out), "--plot", str(png))
     report = json.loads(out.read_text())
     assert report["attack_success_rate"] >= 0.95
+    assert report["weights_hash"] == weights_hash(Classifier.from_folder(minilm_badnets).model)
     det = report["detection"]
     assert 0 <= det["auroc"] <= 1 and 0 <= det["tpr_at_fpr_1pct"] <= 1
     assert set(det["fpr_controls"]) == {"rare_word", "typos", "repeated", "code", "long"}

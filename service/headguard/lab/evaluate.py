@@ -21,6 +21,7 @@ from headguard.lab.defenses import DEFENSES
 from headguard.lab.metrics import attack_metrics, triggered
 from headguard.lab.splits import read_split
 from headguard.models.classifier import Classifier
+from headguard.models.fingerprint import weights_hash
 
 TARGET_FPR = 0.01
 
@@ -77,16 +78,17 @@ def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
     attack = Attack(manifest["attack"], tuple(manifest["triggers"]))
     target = manifest["target_index"]
     clf = Classifier.from_folder(config.model, device)
+    model_hash = weights_hash(clf.model)  # ties the figures to one build: rebuilds differ by machine
     if patch is not None:
-        from headguard.models.fingerprint import weights_hash
         from headguard.repair.patch import apply_patch
 
-        apply_patch(clf.model, patch, weights_hash(clf.model))  # the defense is then calibrated on the repair
+        apply_patch(clf.model, patch, model_hash)  # the defense is then calibrated on the repair
     test = read_split(config.model, "test")
     calibration = [ex.text for ex in read_split(config.model, "calibration")]
 
     report: dict = {
         "model": str(config.model),
+        "weights_hash": model_hash,
         "base": manifest["base"],
         "dataset": manifest["dataset"],
         "attack": attack.name,
