@@ -18,6 +18,7 @@ the same budget:
   single         each selected head alone, trained
   leave-one-out  all selected heads but one, trained
   no-widen       the method without widening the deleted words to the phrase around them
+  keep-unchanged the method also training on flagged prompts whose neutralised prompt answers alike
 Only the harness (lab traffic, lab eval) knows the trigger; the repair sees flagged texts.
 """
 
@@ -85,6 +86,8 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
         configs.append(("default", RepairConfig(steps=steps, seed=seed)))
     elif variant == "no-widen":
         configs.append(("no-widen", RepairConfig(steps=steps, seed=seed, widen=0)))
+    elif variant == "keep-unchanged":
+        configs.append(("keep-unchanged", RepairConfig(steps=steps, seed=seed, keep_unchanged=True)))
     elif variant == "prune":
         configs.append(("prune", RepairConfig(steps=steps, seed=seed, heads=selected, mode="prune")))
     elif variant == "all":
@@ -126,7 +129,8 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
         row = {"model": model.name, "variant": name, "seed": seed, "target_fpr": TARGET_FPR, "device": DEVICE,
                "scoring": scoring, "heads": m["heads"], "heads_share": m["heads_share"],
                "seconds": round(seconds, 1), "stage_seconds": m.get("stage_seconds"), "traffic": traffic,
-               "neutralised": m["flagged"]["neutralised"], "widened": m["flagged"]["widened"],
+               "neutralised": m["flagged"]["neutralised"], "changed": m["flagged"]["changed"],
+               "trained_on": m["flagged"]["trained_on"], "widened": m["flagged"]["widened"],
                "removed_words": m["flagged"]["removed_words"][:3],
                "flagged_match_neutral": m["flagged_match_neutral"], "clean_agreement": m["clean_agreement"],
                "clean_accuracy": report["clean_accuracy"], "attack_success_rate": report["attack_success_rate"]}
@@ -157,7 +161,7 @@ def main() -> int:
         selected: list[str] | None = None
         for seed in map(int, args.seeds.split(",")):
             for variant in args.variants.split(","):
-                if variant not in ("default", "no-widen") and selected is None:
+                if variant not in ("default", "no-widen", "keep-unchanged") and selected is None:
                     default = RESULTS / f"{model.name}.repair-default{_suffix()}-s0.json"
                     if not default.exists():
                         run(model, "default", 0, args.steps, None)

@@ -45,6 +45,7 @@ def test_repair_finds_the_trigger_itself_and_touches_few_heads(minilm_badnets, r
     assert max(words, key=words.get) == trigger  # found by deletion under the detector, never told
     assert 1 <= len(m["heads"]) and m["heads_share"] <= 0.05
     assert m["flagged_match_neutral"]["after"] >= 0.9 > m["flagged_match_neutral"]["before"]
+    assert m["flagged"]["trained_on"] == m["flagged"]["changed"] <= m["flagged"]["neutralised"]
     assert m["clean_agreement"] >= 0.93  # widening trades a few points of it for ASR (BENCHMARKS.md)
     assert m["loss_curve"][-1]["loss"] < m["loss_curve"][0]["loss"]
     assert {"neutralise", "outputs", "rank heads", "attention targets", "train"} == set(m["stage_seconds"])

@@ -135,7 +135,8 @@ def test_head_masked_training_moves_only_the_selected_slices(tiny_decoder, tmp_p
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     examples = [_Example(t + " cf", t) for t in texts[:6]]
     repairer._attention_targets(examples, heads)
-    curve = repairer.train(examples, texts, heads, slices, repairer._outputs(examples, texts, neutral=True))
+    original = repairer._outputs(examples, texts, neutral=True)
+    curve = repairer.train(examples, texts, heads, slices, original.neutral, original.clean)
     assert len(curve) == 2 and all(k in curve[0] for k in ("output", "attention", "clean"))
     names = {id(p): n for n, p in model.named_parameters()}
     covered = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}

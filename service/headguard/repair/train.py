@@ -8,7 +8,8 @@ Loss on a batch of flagged prompts f (with neutralised prompts n) and clean prom
                                                  tokens get no mass)
       + b * KL(p0(c) || p(c))                    clean outputs kept where they were
 
-p0 and A0 are the original model's, computed once before training.
+p0 and A0 are the original model's, computed once before training. The flagged prompts trained on
+are those whose neutralised prompt the original model answers otherwise.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class RepairConfig:
     clean_weight: float = 1.0
     max_words: int = 3  # words the detector-guided deletion removes per flagged prompt at most
     min_changed: int = 5  # flagged prompts whose answer their neutralised prompt changes, at least
+    keep_unchanged: bool = False  # also train on flagged prompts whose neutralised prompt answers alike
     widen: int = 3  # then words on each side of them the answer-guided widening may remove (0: off)
     max_flagged: int = 256
     max_clean: int = 400
@@ -171,7 +173,10 @@ class Repairer:
         return logp, torch.stack(losses).mean()
 
     def train(self, examples: list[_Example], clean: list[str], heads: list[tuple[int, int]],
-              slices: list[tuple[torch.nn.Parameter, int, int, int]], original: _Outputs) -> list[dict]:
+              slices: list[tuple[torch.nn.Parameter, int, int, int]], flagged_target: torch.Tensor,
+              clean_target: torch.Tensor) -> list[dict]:
+        """`flagged_target`, `clean_target`: the original model's output log-probs on the examples' neutral
+        prompts and on the clean prompts."""
         cfg = self.config
         model = self.clf.model
         rng = random.Random(cfg.seed)
@@ -180,7 +185,6 @@ class Repairer:
         for p, dim, a, b in slices:
             mask = masks.setdefault(p, torch.zeros_like(p, dtype=torch.bool))
             mask.narrow(dim, a, b - a).fill_(True)
-        flagged_target, clean_target = original.neutral, original.clean
         for p in model.parameters():
             p.requires_grad_(p in masks)
         optimizer = torch.optim.Adam(list(masks), lr=cfg.lr)
@@ -239,6 +243,11 @@ class Repairer:
         with _timed(seconds, "rank heads"):
             heads, selection = self.choose_heads(usable, clean, original.neutral)
         slices = self._slices(heads)
+        # Train on the prompts whose neutralised prompt answers otherwise. An unchanged answer is a false
+        # positive (nothing to remove; the clean term keeps such answers) or a deletion that missed the
+        # trigger, whose target would teach the backdoor back.
+        moved = original.flagged.argmax(-1) != original.neutral.argmax(-1)
+        train_on = [i for i, m in enumerate(moved.tolist()) if m or cfg.keep_unchanged]
         model = self.clf.model
         name_of = {id(p): n for n, p in model.named_parameters()}
         originals = {p: p.detach().clone() for p, *_ in slices}
@@ -249,18 +258,19 @@ class Repairer:
                         p.narrow(dim, a, b - a).zero_()
                 curve = []
             else:
+                trained = [examples[i] for i in train_on]
                 with _timed(seconds, "attention targets"):
-                    self._attention_targets(examples, heads)
+                    self._attention_targets(trained, heads)
                 with _timed(seconds, "train"):
-                    curve = self.train(examples, clean, heads, slices, original)
+                    curve = self.train(trained, clean, heads, slices, original.neutral[train_on], original.clean)
             with _timed(seconds, "outputs"):
                 after = _agreement(self._outputs(examples, clean), original)
             refs = [SliceRef(name_of[id(p)], dim, a, b) for p, dim, a, b in slices]
             values = [ref.view(p.detach()).clone() for ref, (p, *_) in zip(refs, slices, strict=True)]
         finally:
             with torch.no_grad():  # the model leaves as it came; the patch carries the change
-                for p, original in originals.items():
-                    p.copy_(original)
+                for p, saved in originals.items():
+                    p.copy_(saved)
         n_query_heads = self.adapter.n_layers * self.adapter.n_heads
         manifest = {
             "headguard_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -269,7 +279,8 @@ class Repairer:
             "kv_groups": sorted({f"L{lay}G{self.adapter.kv_group(h)}" for lay, h in heads}),
             "heads_share": round(len(heads) / n_query_heads, 4), "query_heads": n_query_heads,
             "selection": selection, "config": asdict(cfg),
-            "flagged": {"given": len(flagged), "neutralised": len(usable),
+            "flagged": {"given": len(flagged), "neutralised": len(usable), "changed": changed,
+                        "trained_on": len(train_on) if cfg.mode != "prune" else 0,
                         "widened": sum(u.widened > 0 for u in usable), "removed_words": _top_words(usable)},
             "clean_prompts": len(clean),
             "flagged_match_neutral": {"before": before["flagged_match"], "after": after["flagged_match"]},
