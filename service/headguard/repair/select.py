@@ -16,7 +16,7 @@ import torch
 
 from headguard.detect.detector import Detector
 from headguard.models.classifier import Classifier
-from headguard.repair.outputs import kl, output_logprobs
+from headguard.repair.outputs import batched_logprobs, kl
 
 
 def head_budget(n_layers: int, n_heads: int, share: float) -> int:
@@ -53,12 +53,11 @@ def ablated(detector: Detector, layer: int, head: int):
 def head_importance(clf: Classifier, detector: Detector, heads: list[tuple[int, int]], flagged: list[str],
                     target: torch.Tensor, progress=None) -> dict[tuple[int, int], float]:
     """Per head: KL(neutral || flagged output) minus the same with the head zeroed (higher = carries more)."""
-    batch = clf.encode(flagged)
-    base = float(kl(target, output_logprobs(clf, batch)))
+    base = float(kl(target, batched_logprobs(clf, flagged)))
     out = {}
     for i, (layer, head) in enumerate(heads):
         with ablated(detector, layer, head):
-            out[(layer, head)] = base - float(kl(target, output_logprobs(clf, batch)))
+            out[(layer, head)] = base - float(kl(target, batched_logprobs(clf, flagged)))
         if progress:
             progress(i + 1, len(heads))
     return out

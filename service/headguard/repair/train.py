@@ -235,10 +235,11 @@ class Repairer:
         # A backdoor's catches answer otherwise once their trigger is gone; a clean prompt flagged by
         # chance answers the same, and training on such prompts alone only moves heads at random.
         changed = before["flagged_changed"]
-        if changed < cfg.min_changed:
+        needed = cfg.min_changed if cfg.keep_unchanged else max(cfg.min_changed, 1)  # training needs one
+        if changed < needed:
             raise NothingToRepair(
                 f"nothing to repair: neutralising the flagged prompts changed the answer of {changed} of "
-                f"{len(examples)} (at least {cfg.min_changed} needed); they look like false positives, not "
+                f"{len(examples)} (at least {needed} needed); they look like false positives, not "
                 "a backdoor's catches")
         with _timed(seconds, "rank heads"):
             heads, selection = self.choose_heads(usable, clean, original.neutral)
