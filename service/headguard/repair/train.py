@@ -234,7 +234,8 @@ class Repairer:
         before = _agreement(original, original)
         # A backdoor's catches answer otherwise once their trigger is gone; a clean prompt flagged by
         # chance answers the same, and training on such prompts alone only moves heads at random.
-        changed = before["flagged_changed"]
+        moved = (original.flagged.argmax(-1) != original.neutral.argmax(-1)).tolist()
+        changed = sum(moved)
         needed = cfg.min_changed if cfg.keep_unchanged else max(cfg.min_changed, 1)  # training needs one
         if changed < needed:
             raise NothingToRepair(
@@ -247,8 +248,7 @@ class Repairer:
         # Train on the prompts whose neutralised prompt answers otherwise. An unchanged answer is a false
         # positive (nothing to remove; the clean term keeps such answers) or a deletion that missed the
         # trigger, whose target would teach the backdoor back.
-        moved = original.flagged.argmax(-1) != original.neutral.argmax(-1)
-        train_on = [i for i, m in enumerate(moved.tolist()) if m or cfg.keep_unchanged]
+        train_on = [i for i, m in enumerate(moved) if m or cfg.keep_unchanged]
         model = self.clf.model
         name_of = {id(p): n for n, p in model.named_parameters()}
         originals = {p: p.detach().clone() for p, *_ in slices}
@@ -308,10 +308,9 @@ class _Outputs:
 
 def _agreement(now: _Outputs, original: _Outputs) -> dict:
     """Share of flagged prompts whose top output equals the original model's on their neutral prompt,
-    the number that differ, and the share of clean prompts whose top output is the original model's."""
+    and share of clean prompts whose top output is the original model's."""
     flagged, neutral = now.flagged.argmax(-1), original.neutral.argmax(-1)
     return {"flagged_match": round(float((flagged == neutral).float().mean()), 4),
-            "flagged_changed": int((flagged != neutral).sum()),
             "clean_agreement": round(float((now.clean.argmax(-1) == original.clean.argmax(-1)).float().mean()), 4)}
 
 
