@@ -9,6 +9,7 @@ import torch
 
 from headguard.detect.heads import adapter_for
 from headguard.errors import InputError
+from headguard.models.task import Task
 from headguard.repair.patch import MANIFEST, TENSORS, Patch, SliceRef, apply_patch
 from tests.unit.test_heads import make
 
@@ -173,3 +174,47 @@ def test_widening_spans_reach_around_the_deleted_words_shortest_first():
     assert all(3 not in span for span in spans)
     assert [len(s) for s in spans] == sorted(len(s) for s in spans)
     assert max(len(s) for s in spans) == 4
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_head_importance_replays_the_blocks_below_a_head_and_matches_full_reruns(kind, minilm_folder):
+    """Ranking heads computes only the blocks from each ablated head's layer on, and gets the same
+    figures as rerunning the whole model with the head zeroed."""
+    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+    from headguard.detect.detector import Detector, calibrate
+    from headguard.models.classifier import Classifier, load_tokenizer
+    from headguard.repair.outputs import batched_logprobs, kl
+    from headguard.repair.select import ablated, head_importance
+    from tests.unit.conftest import SENTIMENT
+
+    # Three layers, so that a replay spans more than one block; large weights, so that one head
+    # moves the output measurably.
+    torch.manual_seed(1)
+    tokenizer = load_tokenizer(minilm_folder, kind)
+    shape = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                 intermediate_size=64, initializer_range=0.3)
+    if kind == "encoder":
+        model = BertForSequenceClassification(BertConfig(**shape, num_labels=2))
+        clf = Classifier(model.eval(), tokenizer, Task("encoder", ("negative", "positive")))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shape, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id))
+        clf = Classifier(model.eval(), tokenizer, SENTIMENT)
+    texts = [f"film {i} was " + "rather " * (i % 4) + w for i, w in enumerate(["good", "bad"] * 6)]
+    detector = Detector(clf, calibrate(clf, texts))
+    flagged = [t + " cf" * (1 + i % 3) for i, t in enumerate(texts[:7])]
+    target = batched_logprobs(clf, texts[:7])
+    heads = [(2, 0), (1, 2), (0, 1)]
+    first = detector.scorer.adapter.blocks()[0]
+    calls = []  # block 0's attention runs only when block 0 computes
+    handle = detector.scorer.adapter.attention_modules()[0].register_forward_hook(lambda *args: calls.append(1))
+    fast = head_importance(clf, detector, heads, flagged, target, batch_size=3)  # 3 batches, padded
+    handle.remove()
+    assert len(calls) == 3 * 2  # per batch: the recording pass and the ablation of layer 0
+    base = float(kl(target, batched_logprobs(clf, flagged)))
+    for layer, head in heads:
+        with ablated(detector, layer, head):
+            full = base - float(kl(target, batched_logprobs(clf, flagged)))
+        assert fast[(layer, head)] == pytest.approx(full, abs=1e-5), (layer, head)
+    assert len({round(v, 6) for v in fast.values()}) == len(heads)  # the heads differ: not a vacuous match
+    assert not first.__dict__.get("forward")  # the replay left the blocks as they were

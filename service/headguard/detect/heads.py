@@ -64,6 +64,10 @@ class Adapter:
     def kv_group(self, head: int) -> int:
         return head // (self.n_heads // self.n_kv_heads)
 
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks in order; each one's output is the next one's input."""
+        raise NotImplementedError
+
     def attention_modules(self) -> list[nn.Module]:
         raise NotImplementedError
 
@@ -124,9 +128,11 @@ def _row_slices(linear: nn.Linear, blocks: list[int], size: int) -> list[tuple[n
 class BertAdapter(Adapter):
     family = "bert"
 
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.base_model.encoder.layer)
+
     def attention_modules(self) -> list[nn.Module]:
-        encoder = self.model.base_model.encoder
-        return [layer.attention.self for layer in encoder.layer]
+        return [layer.attention.self for layer in self.blocks()]
 
     def output_projection(self, layer: int) -> nn.Module:
         return self.model.base_model.encoder.layer[layer].attention.output.dense
@@ -150,8 +156,11 @@ class LlamaAdapter(Adapter):
 
     family = "llama"
 
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.model.layers)
+
     def attention_modules(self) -> list[nn.Module]:
-        return [layer.self_attn for layer in self.model.model.layers]
+        return [layer.self_attn for layer in self.blocks()]
 
     def output_projection(self, layer: int) -> nn.Module:
         return self.attention_modules()[layer].o_proj
@@ -186,8 +195,11 @@ class LlamaAdapter(Adapter):
 class GPT2Adapter(Adapter):
     family = "gpt2"
 
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.transformer.h)
+
     def attention_modules(self) -> list[nn.Module]:
-        return [block.attn for block in self.model.transformer.h]
+        return [block.attn for block in self.blocks()]
 
     def output_projection(self, layer: int) -> nn.Module:
         return self.attention_modules()[layer].c_proj

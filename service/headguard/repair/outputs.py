@@ -17,9 +17,14 @@ def output_logprobs(clf: Classifier, batch: dict[str, torch.Tensor]) -> torch.Te
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+def kl_rows(target_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(target || model) per row, both given as log-probabilities."""
+    return (target_logp.exp() * (target_logp - logp)).sum(-1)
+
+
 def kl(target_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of KL(target || model), both given as log-probabilities."""
-    return (target_logp.exp() * (target_logp - logp)).sum(-1).mean()
+    """Mean over the batch of KL(target || model)."""
+    return kl_rows(target_logp, logp).mean()
 
 
 @torch.no_grad()
