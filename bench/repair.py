@@ -76,6 +76,13 @@ def prepare(model: Path) -> tuple[Path, Path, dict]:
     return cal, flagged, json.loads(summary_file.read_text())
 
 
+def _build(model: Path, report: dict) -> dict:
+    """The lab model this row ran on: a rebuild on another machine can differ from the recorded one."""
+    lab = json.loads((model / "lab.json").read_text())
+    return {"clean_accuracy": lab["clean_accuracy"], "attack_success_rate": lab["attack_success_rate"],
+            "weights_hash": report.get("weights_hash")}
+
+
 def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | None) -> list[dict]:
     cal, flagged_file, traffic = prepare(model)
     scoring = Calibration.load(cal).setting()  # what flagged the traffic
@@ -115,7 +122,8 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
         except InputError as exc:  # e.g. a clean model: nothing flagged can be neutralised; the model is unchanged
             report = evaluate(EvalConfig(model=model), DEVICE)
             row = {"model": model.name, "variant": name, "seed": seed, "target_fpr": TARGET_FPR,
-                   "scoring": scoring, "refused": str(exc), "heads": [], "heads_share": 0.0,
+                   "build": _build(model, report), "scoring": scoring, "refused": str(exc), "heads": [],
+                   "heads_share": 0.0,
                    "seconds": round(time.perf_counter() - started, 1), "traffic": traffic,
                    "flagged_match_neutral": {"before": None, "after": None}, "clean_agreement": 1.0,
                    "clean_accuracy": report["clean_accuracy"], "attack_success_rate": report["attack_success_rate"]}
@@ -127,7 +135,7 @@ def run(model: Path, variant: str, seed: int, steps: int, selected: list[str] | 
         report = evaluate(EvalConfig(model=model, patch=patch_dir), DEVICE)
         m = patch.manifest
         row = {"model": model.name, "variant": name, "seed": seed, "target_fpr": TARGET_FPR, "device": DEVICE,
-               "scoring": scoring, "heads": m["heads"], "heads_share": m["heads_share"],
+               "build": _build(model, report), "scoring": scoring, "heads": m["heads"], "heads_share": m["heads_share"],
                "seconds": round(seconds, 1), "stage_seconds": m.get("stage_seconds"), "traffic": traffic,
                "neutralised": m["flagged"]["neutralised"], "changed": m["flagged"]["changed"],
                "trained_on": m["flagged"]["trained_on"], "widened": m["flagged"]["widened"],

@@ -194,7 +194,7 @@ def repair_table() -> str:
     order = sorted(groups, key=lambda k: (k[0], k[1] != "default", k[1]))
     for model, variant in order:
         g = groups[(model, variant)]
-        lab = labs.get(model, {})
+        lab = g[0].get("build") or labs.get(model, {})  # the build the rows ran on, else the recorded one
         lines.append(
             f"| {model} | {variant} | {len(g)} | {len(g[0]['heads'])} ({100 * g[0]['heads_share']:.1f} %) | "
             f"{fmt(lab.get('attack_success_rate'))} → {ms([r['attack_success_rate'] for r in g])} | "
