@@ -188,13 +188,20 @@ def repair_table() -> str:
             return f"{values[0]:.{digits}f}"
         return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
-    groups: dict[tuple[str, str], list[dict]] = {}
+    def build(r: dict) -> dict:
+        """The build a row ran on: recorded in the row, else the recorded lab model."""
+        return r.get("build") or labs.get(r["model"], {})
+
+    # Seeds are averaged only over one build: rebuilds on other machines can differ.
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["variant"]), []).append(r)
-    order = sorted(groups, key=lambda k: (k[0], k[1] != "default", k[1]))
-    for model, variant in order:
-        g = groups[(model, variant)]
-        lab = g[0].get("build") or labs.get(model, {})  # the build the rows ran on, else the recorded one
+        lab = build(r)
+        key = (r["model"], r["variant"], fmt(lab.get("clean_accuracy")), fmt(lab.get("attack_success_rate")))
+        groups.setdefault(key, []).append(r)
+    order = sorted(groups, key=lambda k: (k[0], k[1] != "default", k[1], k[2]))
+    for key in order:
+        model, variant, g = key[0], key[1], groups[key]
+        lab = build(g[0])
         lines.append(
             f"| {model} | {variant} | {len(g)} | {len(g[0]['heads'])} ({100 * g[0]['heads_share']:.1f} %) | "
             f"{fmt(lab.get('attack_success_rate'))} → {ms([r['attack_success_rate'] for r in g])} | "
