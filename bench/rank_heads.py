@@ -49,9 +49,10 @@ def main() -> None:
     flagged = read_prompts(args.flagged)[:64]
     clean = [ex.text for ex in read_split(args.model, "calibration")]
     adapter = detector.scorer.adapter
-    budget = head_budget(adapter.n_layers, adapter.n_heads, RepairConfig().head_share)
+    config = RepairConfig()  # the repair's defaults
+    budget = head_budget(adapter.n_layers, adapter.n_heads, config.head_share)
     drive = head_drive(detector, flagged, clean[:200])
-    heads = sorted(drive, key=drive.get, reverse=True)[: RepairConfig().candidates * budget]
+    heads = sorted(drive, key=drive.get, reverse=True)[: config.candidates * budget]
     target = batched_logprobs(clf, clean[: len(flagged)])
 
     seconds: dict[str, list[float]] = {"replayed": [], "full_reruns": []}

@@ -36,6 +36,7 @@ from headguard.detect.calibration import Calibration
 from headguard.detect.defaults import score_defaults
 from headguard.detect.detector import Detector, calibrate
 from headguard.errors import InputError
+from headguard.lab.build import read_manifest
 from headguard.lab.evaluate import EvalConfig, evaluate
 from headguard.lab.splits import read_split
 from headguard.lab.traffic import flag_traffic
@@ -78,7 +79,7 @@ def prepare(model: Path) -> tuple[Path, Path, dict]:
 
 def _build(model: Path, report: dict) -> dict:
     """The lab model this row ran on: a rebuild on another machine can differ from the recorded one."""
-    lab = json.loads((model / "lab.json").read_text())
+    lab = read_manifest(model)
     return {"clean_accuracy": lab["clean_accuracy"], "attack_success_rate": lab["attack_success_rate"],
             "weights_hash": report.get("weights_hash")}
 

@@ -135,7 +135,7 @@ class BertAdapter(Adapter):
         return [layer.attention.self for layer in self.blocks()]
 
     def output_projection(self, layer: int) -> nn.Module:
-        return self.model.base_model.encoder.layer[layer].attention.output.dense
+        return self.blocks()[layer].attention.output.dense
 
     def head_slices(self, layer, heads):
         attn, d, hs = self.attention_modules()[layer], self.head_dim(), sorted(heads)
