@@ -8,6 +8,7 @@
     python bench/report.py sweep      # a grid of scoring settings per model (bench/score_sweep.py)
     python bench/report.py cost       # scoring cost, CPU and GPU (bench/detect_cost.py)
     python bench/report.py repair     # repair runs and their ablations (bench/repair.py)
+    python bench/report.py after      # detection on the repaired models (bench/detect_after_repair.py)
     python bench/report.py serve      # the guard service under load (bench/serve_load.py)
     python bench/report.py spread     # the spread floor against calibration size (bench/spread_floor.py)
     python bench/report.py encoder    # encoder settings with and without coverage variants (bench/score_settings.py)
@@ -171,22 +172,24 @@ def sweep_table() -> str:
     return "\n".join(lines)
 
 
-def repair_table() -> str:
-    """One row per repair run; headline rows (default variant) first, mean ± std over their seeds."""
+def ms(values: list[float | None], digits: int = 3) -> str:
+    """Mean ± standard deviation over seeds (the value alone for one seed)."""
     import statistics
 
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def repair_table() -> str:
+    """One row per repair run; headline rows (default variant) first, mean ± std over their seeds."""
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.repair-*.json"))]
     labs = {p.name.split(".")[0]: json.loads(p.read_text()) for p in RESULTS.glob("*.lab.json")}
     lines = ["| model | variant | seeds | heads | ASR before → after | CA before → after | flagged match after "
              "| clean agreement | repair s |", "|---|---|---|---|---|---|---|---|---|"]
-
-    def ms(values: list[float | None], digits: int = 3) -> str:
-        values = [v for v in values if v is not None]
-        if not values:
-            return "—"
-        if len(values) == 1:
-            return f"{values[0]:.{digits}f}"
-        return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
     def build(r: dict) -> dict:
         """The build a row ran on: recorded in the row, else the recorded lab model."""
@@ -216,6 +219,27 @@ def _after(group: list[dict]) -> str:
     if not values:
         return "refused: " + group[0].get("refused", "").split(";")[0][:100]
     return f"{sum(values) / len(values):.2f}"
+
+
+def after_repair_table() -> str:
+    """Detection recalibrated on each repaired model (bench/detect_after_repair.py), mean ± std over seeds."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for p in sorted(RESULTS.glob("*.after-*.json")):
+        r = json.loads(p.read_text())
+        groups.setdefault((Path(r["model"]).name, r["variant"]), []).append(r)
+    lines = ["| model | repair | seeds | heads | ASR after | CA after | AUROC | TPR@1%FPR | FPR clean "
+             "| worst control FPR |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (model, variant), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "none", kv[0][1])):
+        heads = {", ".join(r["patch"]["heads"]) if r["patch"] else "—" for r in g}
+        heads = heads.pop() if len(heads) == 1 else "one draw per seed"
+        d = [r["detection"] for r in g]
+        lines.append(
+            f"| {model} | {variant} | {len(g)} | {heads} | {ms([r['attack_success_rate'] for r in g])} | "
+            f"{ms([r['clean_accuracy'] for r in g])} | {ms([x['auroc'] for x in d])} | "
+            f"{ms([x['tpr_at_fpr_1pct'] for x in d])} | {ms([x['fpr_clean'] for x in d])} | "
+            f"{ms([max(x['fpr_controls'].values()) for x in d])} |")
+    return "\n".join(lines)
 
 
 def serve_table() -> str:
@@ -331,7 +355,8 @@ def settings_table(kind: str) -> str:
 
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
 TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
-          "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "serve": serve_table, "cost": cost_table,
+          "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "after": after_repair_table,
+          "serve": serve_table, "cost": cost_table,
           "spread": spread_table, "encoder": lambda: settings_table("encoder"),
           "decoder": lambda: settings_table("decoder")}
 
