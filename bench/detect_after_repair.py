@@ -1,6 +1,6 @@
-"""Detection on repaired models: once the heads are repaired, does the guard still tell triggered
-inputs from clean ones? A repair of the heads that collapse should leave nothing to see; one of
-other heads may correct the output and leave the collapse in place.
+"""Detection on repaired models: with a patch applied and the detector calibrated anew, does the
+guard still tell triggered inputs from clean ones? That depends on which heads the repair trained
+and which heads collapse on the trigger (docs/BENCHMARKS.md, "Detection after repair").
 
     python bench/detect_after_repair.py MODEL_DIR [--variants default,random,prune] [--seeds 0,1,2]
 

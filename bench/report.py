@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -174,8 +175,6 @@ def sweep_table() -> str:
 
 def ms(values: list[float | None], digits: int = 3) -> str:
     """Mean ± standard deviation over seeds (the value alone for one seed)."""
-    import statistics
-
     values = [v for v in values if v is not None]
     if not values:
         return "—"
