@@ -155,7 +155,7 @@ def main() -> None:
     layer_of = np.array([int(n.split(":")[1].split("H")[0][1:]) for n in names])
 
     results = []
-    coverage: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # calibration size -> coverage variants' features
+    coverage: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (size, kinds) -> coverage variants' features
     for v in variants(n_layers, score_defaults(clf.task.kind)):
         lo, hi = v.get("layers", (0, n_layers))
         cols = np.isin(family_of, v["families"]) & (layer_of >= lo) & (layer_of < hi)
@@ -163,9 +163,10 @@ def main() -> None:
         x, lengths = feats["calibration"]
         x, lengths = x[:size], lengths[:size]
         if v.get("coverage"):  # as headguard calibrate: the prompts' coverage variants too
-            if size not in coverage:
-                coverage[size] = scorer.features(coverage_within_context(clf, groups["calibration"][:size]))
-            x, lengths = np.r_[x, coverage[size][0]], np.r_[lengths, coverage[size][1]]
+            key = (size, tuple(v["coverage"]))
+            if key not in coverage:
+                coverage[key] = scorer.features(coverage_within_context(clf, groups["calibration"][:size], key[1]))
+            x, lengths = np.r_[x, coverage[key][0]], np.r_[lengths, coverage[key][1]]
         cal = Calibration.fit(x[:, cols], lengths, directions[cols], model_hash="-", layers=[],
                               families=list(v["families"]), method=v["method"],
                               n_components=v.get("n_components", 32), length_adjust=v.get("length_adjust", False),
