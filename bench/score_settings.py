@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from detect_ablation import held_out_inputs, metrics
 from headguard.detect.calibration import Calibration
+from headguard.detect.coverage import SHORT, short_prompts
 from headguard.detect.detector import coverage_within_context
 from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names, heads_of, units_of
 from headguard.detect.scorer import HeadScorer
@@ -55,8 +56,9 @@ GRIDS = {
     "decoder": ([("entropy",), ("row_entropy", "entropy"), ("entropy", "max"), ("max",), ("row_evenness",),
                  ("entropy", "row_evenness"), ("row_evenness", "row_peak")], (1, 2, 3), (False, True)),
 }
-# kind -> the coverage variants' code sources of each setting (none: the split alone)
-COVERAGE = {kind: ((), ("python",), ("python", "c")) for kind in GRIDS}
+# kind -> the coverage variant kinds of each setting (none: the split alone)
+COVERAGE = {"encoder": ((), ("python",), ("python", "c"), ("python", "short"), ("python", "c", "short")),
+            "decoder": ((), ("python",), ("python", "c"))}
 
 
 LENGTH_BANDS = (False, True)
@@ -76,13 +78,30 @@ def input_groups(model: Path, clf: Classifier, lab: dict) -> dict[str, list[str]
     inputs `headguard lab eval` scores and the traffic mix's clean rows."""
     limit = len(read_split(model, "test")) if lab["attack"] == "clean" else 200
     split = [ex.text for ex in read_split(model, "calibration")]
-    variants = {_group(code): coverage_within_context(clf, split, code) for code in COVERAGE[clf.task.kind] if code}
+    longer = {tuple(k for k in kinds if k != SHORT) for kinds in COVERAGE[clf.task.kind]} - {()}
+    variants = {_group(code): coverage_within_context(clf, split, code) for code in sorted(longer)}
+    if any(SHORT in kinds for kinds in COVERAGE[clf.task.kind]):
+        variants[_group((SHORT,))] = [p for p in short_prompts(split) if clf.fits(p)]
     unseen = [text for text, carries_trigger in traffic_mix(model) if not carries_trigger]
     return {"split": split, **variants, **held_out_inputs(model, lab, limit), "unseen": unseen}
 
 
 def _group(code: tuple[str, ...]) -> str:
     return "coverage:" + "+".join(code)
+
+
+def calibration_set(feats: dict, coverage: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, lengths, band_only) of the split with the coverage variants of `coverage`, as
+    `headguard calibrate` puts them together: the short variants last, setting only their band."""
+    parts = [feats["split"]]
+    longer = tuple(k for k in coverage if k != SHORT)
+    if longer:
+        parts.append(feats[_group(longer)])
+    n_fitted = sum(len(n) for _, n in parts)
+    if SHORT in coverage:
+        parts.append(feats[_group((SHORT,))])
+    x, n = np.concatenate([x for x, _ in parts]), np.concatenate([n for _, n in parts])
+    return x, n, np.arange(len(n)) >= n_fitted
 
 
 def _key(texts: list[str]) -> str:
@@ -122,13 +141,12 @@ def measure(model: Path, cache: Path | None = None) -> list[dict]:
     for fams, k, per_head, coverage, bands in settings:
         cols = np.isin(family, fams)
         picked = [n for n, c in zip(names, cols, strict=True) if c]
-        x, n = feats["split"]
-        if coverage:
-            x, n = np.r_[x, feats[_group(coverage)][0]], np.r_[n, feats[_group(coverage)][1]]
+        x, n, band_only = calibration_set(feats, coverage)
         layers = sorted({layer for p in picked for layer, _ in heads_of(p)})
         cal = Calibration.fit(x[:, cols], n, np.array([COLLAPSE_DIRECTION[p.split(":")[0]] for p in picked]),
                               model_hash="-", layers=layers, families=list(fams), top_k=k,
-                              units=np.array(units_of(picked)) if per_head else None, length_bands=bands)
+                              units=np.array(units_of(picked)) if per_head else None, length_bands=bands,
+                              band_only=band_only)
         scores = {g: cal.score(f[:, cols], m) for g, (f, m) in feats.items()
                   if g != "split" and not g.startswith("coverage:")}
         rows.append({"model": model.name, "attack": lab["attack"], "families": list(fams), "top_k": k,

@@ -102,7 +102,8 @@ def _calibrate(args: argparse.Namespace) -> int:
                     per_head=args.per_head, coverage=args.coverage, length_bands=args.length_bands)
     cal.save(args.out)
     print(json.dumps({"calibration": str(args.out), "model_hash": cal.model_hash, "prompts": cal.n_prompts,
-                      "coverage": list(cal.coverage), "length_bands": len(cal.band_offsets),
+                      "coverage": list(cal.coverage), "length_bands": len(cal.band_offsets) if cal.length_bands else 0,
+                      "short_band": bool(len(cal.band_offsets)) and not cal.length_bands,
                       "threshold": cal.threshold, "target_fpr": cal.target_fpr}))
     return 0
 
@@ -305,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="collapse: average each head's families first, so a head counts when its measures agree "
                    f"(default: {_by_kind('per_head')})")
     c.add_argument("--coverage", action=argparse.BooleanOptionalAction, default=None,
-                   help="also calibrate on variants of the prompts with a line of code appended and of several "
-                   f"joined (default, by code source: {_by_kind('coverage')})")
+                   help="also calibrate on variants of the prompts with a line of code appended, of several joined "
+                   "and, with `short`, of their first few words, which set the bar for inputs that short "
+                   f"(default, by variant kind: {_by_kind('coverage')})")
     c.add_argument("--length-bands", action=argparse.BooleanOptionalAction, default=None,
                    help="hold the target FPR within each content-length band of the prompts too, not only over all "
                    f"of them (default: {_by_kind('length_bands')})")

@@ -19,8 +19,10 @@ def calibration(minilm_badnets, tmp_path_factory):
     out = tmp_path_factory.mktemp("cal") / "minilm.cal"
     proc = run_cli("calibrate", "--model", str(minilm_badnets), "--out", str(out))
     summary = json.loads(proc.stdout)
-    # The 400-prompt split, 100 of them with a line of code, and up to 100 joined (those within context).
-    assert summary["coverage"] and 500 <= summary["prompts"] <= 600 and summary["model_hash"].startswith("sha256:")
+    # The 400-prompt split, 100 with a line of Python and 100 with a line of C, up to 100 joined
+    # (those within context) and 100 cut short, which set only the short band's bar.
+    assert summary["coverage"] == ["python", "c", "short"] and 700 <= summary["prompts"] <= 800
+    assert summary["short_band"] and not summary["length_bands"] and summary["model_hash"].startswith("sha256:")
     return out
 
 
@@ -68,8 +70,8 @@ def test_lab_eval_with_headguard_is_one_pass_per_input(minilm_badnets, tmp_path)
     report = json.loads(out.read_text())
     det = report["detection"]
     assert report["cost"]["forward_passes_per_input"] == 1
-    # The report says how it scored: the encoder defaults, calibrated with Python coverage variants.
+    # The report says how it scored: the encoder defaults, calibrated with their coverage variants.
     assert det["setting"]["families"] == ["row_entropy", "row_max"] and det["setting"]["per_head"]
-    assert det["setting"]["coverage"] == ["python"] and det["setting"]["n_prompts"] > 400
+    assert det["setting"]["coverage"] == ["python", "c", "short"] and det["setting"]["n_prompts"] > 400
     assert det["auroc"] >= 0.95
     assert max(det["fpr_controls"].values()) <= 0.05

@@ -7,7 +7,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from headguard.detect.calibration import AnomalyModel, Calibration
-from headguard.detect.coverage import code_lines, coverage_prompts
+from headguard.detect.coverage import SHORT_WORDS, code_lines, coverage_prompts, short_prompts
 from headguard.detect.detector import Detector, calibrate
 from headguard.detect.features import FAMILIES, feature_names, feature_units, layer_features
 from headguard.detect.scorer import HeadScorer
@@ -38,8 +38,8 @@ def test_feature_names_match_the_feature_vector(tiny_decoder):
 
 
 def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
-    cal = calibrate(tiny_encoder, PROMPTS, target_fpr=0.05, n_components=4)
-    n = len(PROMPTS) + len(coverage_prompts(PROMPTS))  # the encoder calibrates on coverage variants too
+    cal = calibrate(tiny_encoder, PROMPTS, target_fpr=0.05, n_components=4, coverage=("python",))
+    n = len(PROMPTS) + len(coverage_prompts(PROMPTS))  # calibrated on the coverage variants too
     assert cal.coverage and cal.n_prompts == n and len(cal.clean_scores) == n
     assert cal.threshold == pytest.approx(np.quantile(cal.clean_scores, 0.95))
     path = tmp_path / "cal.safetensors"
@@ -51,7 +51,7 @@ def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
 
 
 @pytest.mark.parametrize(("fixture", "scoring"), [
-    ("tiny_encoder", (["row_entropy", "row_max"], 1, False, True, ("python",), False)),
+    ("tiny_encoder", (["row_entropy", "row_max"], 2, False, True, ("python", "c", "short"), False)),
     ("tiny_decoder", (["row_evenness"], 3, False, False, ("python", "c"), True)),
 ])
 def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, request, tmp_path):
@@ -172,7 +172,7 @@ def test_coverage_variants_carry_code_or_several_prompts(tiny_encoder):
     assert coverage_prompts(PROMPTS[:3]) == []
     # Variants past the model's context are left out: 200-word prompts, 512-token encoder.
     long = [f"prompt {i} " + "word " * 200 for i in range(12)]
-    cal = calibrate(tiny_encoder, long, n_components=4)
+    cal = calibrate(tiny_encoder, long, n_components=4, coverage=("python",))
     fits = [v for v in coverage_prompts(long) if tiny_encoder.fits(v)]
     assert cal.n_prompts == len(long) + len(fits) < len(long) + len(coverage_prompts(long))
     assert calibrate(tiny_encoder, PROMPTS, coverage=False, n_components=4).n_prompts == len(PROMPTS)
@@ -180,7 +180,7 @@ def test_coverage_variants_carry_code_or_several_prompts(tiny_encoder):
 
 def test_each_code_source_adds_its_own_share_of_code_variants():
     python_only = coverage_prompts(PROMPTS)
-    both = coverage_prompts(PROMPTS, code=("python", "c"))
+    both = coverage_prompts(PROMPTS, kinds=("python", "c"))
     assert len(both) == 3 * (len(PROMPTS) // 4) and both[:10] == python_only[:10]
     c_lines = set(code_lines("c"))
     assert c_lines and not c_lines & set(code_lines("python")) and not c_lines & set(CODE_SNIPPETS)
@@ -188,6 +188,42 @@ def test_each_code_source_adds_its_own_share_of_code_variants():
     assert not any(line.endswith("\\") for line in c_lines)  # no macro bodies cut mid-way
     with pytest.raises(ValueError, match="unknown code source"):
         code_lines("cobol")
+
+
+def test_short_variants_are_the_first_words_of_a_prompt_and_leave_the_longer_ones_as_they_were():
+    assert coverage_prompts(PROMPTS, kinds=("python", "short")) == coverage_prompts(PROMPTS)
+    short = short_prompts(PROMPTS)
+    lo, hi = SHORT_WORDS
+    assert short == short_prompts(PROMPTS) and len(short) == len(PROMPTS) // 4
+    for variant in short:
+        words = variant.split()
+        assert lo <= len(words) <= hi
+        assert any(p.split()[:len(words)] == words and len(p.split()) > len(words) for p in PROMPTS)
+    assert len({len(v.split()) for v in short}) > 1  # lengths vary
+    assert short_prompts(["one two", "three four", "five six", "seven eight"]) == []  # nothing to cut
+    with pytest.raises(ValueError, match="unknown coverage variant"):
+        coverage_prompts(PROMPTS, kinds=("python", "tiny"))
+
+
+def test_short_variants_set_only_the_bar_of_inputs_as_short_as_they_are(tiny_encoder, tmp_path):
+    plain = calibrate(tiny_encoder, PROMPTS, coverage=("python",), n_components=4)
+    cal = calibrate(tiny_encoder, PROMPTS, coverage=("python", "short"), n_components=4)
+    n_short = len(short_prompts(PROMPTS))
+    assert cal.n_prompts == plain.n_prompts + n_short and cal.coverage == ("python", "short")
+    # Neither fitted on nor in the overall threshold: both are those of the prompts without them
+    # (to float error: the features were computed in other batches).
+    assert cal.threshold == pytest.approx(plain.threshold, rel=1e-5)
+    np.testing.assert_allclose(cal.anomaly.mean, plain.anomaly.mean, rtol=1e-5, atol=1e-6)
+    # One band of inputs no longer than the longest short variant; its offset is what lets
+    # no more than the target share of prompts of that length past the threshold.
+    assert len(cal.band_edges) == 1 and cal.band_offsets[1] == 0 and cal.band_offsets[0] >= 0
+    assert not cal.length_bands and cal.setting()["length_bands"] is False
+    cal.save(tmp_path / "cal.safetensors")
+    again = Calibration.load(tmp_path / "cal.safetensors")
+    assert not again.length_bands and again.band_edges.tolist() == cal.band_edges.tolist()
+    # With length bands asked for, the short variants join them instead.
+    banded = calibrate(tiny_encoder, PROMPTS, coverage=("python", "short"), length_bands=True, n_components=4)
+    assert banded.length_bands and banded.threshold == pytest.approx(plain.threshold, rel=1e-5)
 
 
 def test_the_coverage_field_names_its_code_sources_and_reads_format_4_files(tiny_encoder, tmp_path):

@@ -38,7 +38,8 @@ from sklearn.model_selection import KFold
 
 from headguard.errors import InputError
 
-FORMAT_VERSION = 6  # 2: top_k; 3: length_range; 4: units; 5: coverage names its code sources; 6: length bands
+FORMAT_VERSION = 7  # 2: top_k; 3: length_range; 4: units; 5: coverage names its code sources; 6: length bands;
+# 7: whether length bands were asked for, apart from the short band
 # No feature's spread is taken below this share of the median spread: a feature almost constant
 # on the clean prompts (MiniLM's L0H2 heaviest-key share sits at the log-odds clamp on 98 % of
 # them) would otherwise read any movement as thousands of standard deviations, and decide the
@@ -176,8 +177,16 @@ def _length_bands(scores: np.ndarray, lengths: np.ndarray, target_fpr: float,
     return edges, np.array(offsets)
 
 
+def _short_band(scores: np.ndarray, lengths: np.ndarray, edge: float, target_fpr: float,
+                threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(edges, offsets) of one band of inputs shorter than `edge`, whose bar is the (1 - target
+    FPR) quantile of the `scores` of that length where it lies above `threshold`."""
+    short = scores[lengths < edge]
+    return np.array([edge]), np.array([max(0.0, float(np.quantile(short, 1 - target_fpr)) - threshold), 0.0])
+
+
 def _coverage(saved: str) -> tuple[str, ...]:
-    """The coverage field of a file: its code sources; format 4 wrote 1 (Python code) or 0 (none)."""
+    """The coverage field of a file: its variant kinds; format 4 wrote 1 (Python code) or 0 (none)."""
     return {"0": (), "1": ("python",)}.get(saved, tuple(s for s in saved.split(",") if s))
 
 
@@ -193,11 +202,12 @@ class Calibration:
     anomaly: AnomalyModel
     clean_scores: np.ndarray  # out-of-fold scores of the calibration prompts, band offsets applied
     n_prompts: int
-    coverage: tuple[str, ...] = ()  # the code sources of the coverage variants calibrated on (detect/coverage.py)
-    # Length bands: content-length edges between bands, and per band the offset its scores are
-    # lowered by. Empty: no bands (files before format 6).
+    coverage: tuple[str, ...] = ()  # the kinds of coverage variants calibrated on (detect/coverage.py)
+    # Content-length edges between bands, and per band the offset its scores are lowered by:
+    # length bands, or the short band of `short` variants alone. Empty: neither (files before format 6).
     band_edges: np.ndarray = field(default_factory=lambda: np.zeros(0))
     band_offsets: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    length_bands: bool = False  # bands over every length were asked for
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     version: int = FORMAT_VERSION
 
@@ -206,30 +216,40 @@ class Calibration:
             layers: list[int], families: list[str], method: str = "collapse", target_fpr: float = 0.01,
             n_components: int = 32, length_adjust: bool = False, top_k: int = 1,
             units: np.ndarray | None = None, spread_floor: float = SPREAD_FLOOR, folds: int = 5,
-            seed: int = 0, coverage: tuple[str, ...] = (), length_bands: bool = False) -> Calibration:
+            seed: int = 0, coverage: tuple[str, ...] = (), length_bands: bool = False,
+            band_only: np.ndarray | None = None) -> Calibration:
+        """Fits the anomaly model and sets the threshold. Rows marked `band_only` (the short
+        variants) are neither fitted on nor counted in the overall threshold: scored by the
+        fitted model, they set only the bar of inputs of their length, in the length bands or,
+        without them, in one band of inputs as short as they are."""
         if not 0 < target_fpr < 0.5:
             raise InputError(f"target FPR must be in (0, 0.5), got {target_fpr}")
-        if len(features) < 2 * folds:
-            raise InputError(f"calibration needs at least {2 * folds} clean prompts, got {len(features)}")
-        oof = np.empty(len(features))
-        for fit_idx, held_idx in KFold(folds, shuffle=True, random_state=seed).split(features):
-            model = AnomalyModel.fit(features[fit_idx], lengths[fit_idx], direction, method, n_components,
+        band_only = np.zeros(len(features), bool) if band_only is None else np.asarray(band_only, bool)
+        fitted = ~band_only
+        x, n = features[fitted], lengths[fitted]
+        if len(x) < 2 * folds:
+            raise InputError(f"calibration needs at least {2 * folds} clean prompts, got {len(x)}")
+        oof = np.empty(len(x))
+        for fit_idx, held_idx in KFold(folds, shuffle=True, random_state=seed).split(x):
+            model = AnomalyModel.fit(x[fit_idx], n[fit_idx], direction, method, n_components,
                                      length_adjust, top_k, units, spread_floor)
-            oof[held_idx] = model.score(features[held_idx], lengths[held_idx])
+            oof[held_idx] = model.score(x[held_idx], n[held_idx])
         threshold = float(np.quantile(oof, 1 - target_fpr))
-        edges, offsets = _length_bands(oof, lengths, target_fpr, threshold) if length_bands else (np.zeros(0),) * 2
+        anomaly = AnomalyModel.fit(x, n, direction, method, n_components, length_adjust, top_k, units, spread_floor)
+        scores = np.empty(len(features))
+        scores[fitted] = oof
+        scores[band_only] = anomaly.score(features[band_only], lengths[band_only])
+        if length_bands:
+            edges, offsets = _length_bands(scores, lengths, target_fpr, threshold)
+        elif band_only.any():
+            edges, offsets = _short_band(scores, lengths, lengths[band_only].max() + 0.5, target_fpr, threshold)
+        else:
+            edges, offsets = np.zeros(0), np.zeros(0)
         cal = cls(model_hash=model_hash, layers=list(layers), families=list(families), target_fpr=target_fpr,
-                  threshold=threshold,
-                  anomaly=AnomalyModel.fit(features, lengths, direction, method, n_components, length_adjust,
-                                           top_k, units, spread_floor),
-                  clean_scores=oof, n_prompts=len(features), coverage=tuple(coverage),
-                  band_edges=edges, band_offsets=offsets)
-        cal.clean_scores = oof - cal.band_offset(lengths)
+                  threshold=threshold, anomaly=anomaly, clean_scores=scores, n_prompts=len(features),
+                  coverage=tuple(coverage), band_edges=edges, band_offsets=offsets, length_bands=length_bands)
+        cal.clean_scores = scores - cal.band_offset(lengths)
         return cal
-
-    @property
-    def length_bands(self) -> bool:
-        return len(self.band_offsets) > 0
 
     def setting(self) -> dict:
         """How inputs are scored, for reports: what `headguard calibrate` was given or defaulted to."""
@@ -239,7 +259,7 @@ class Calibration:
 
     def band_offset(self, lengths: np.ndarray) -> np.ndarray:
         """What each input's score is lowered by: its length band's offset (0 without bands)."""
-        if not self.length_bands:
+        if not len(self.band_offsets):
             return np.zeros(len(lengths))
         return self.band_offsets[np.searchsorted(self.band_edges, lengths, side="right")]
 
@@ -251,7 +271,8 @@ class Calibration:
                 "method": self.anomaly.method, "top_k": str(self.anomaly.top_k),
                 "layers": json.dumps(self.layers), "families": json.dumps(self.families),
                 "target_fpr": repr(self.target_fpr), "threshold": repr(self.threshold),
-                "n_prompts": str(self.n_prompts), "coverage": ",".join(self.coverage), "created": self.created}
+                "n_prompts": str(self.n_prompts), "coverage": ",".join(self.coverage),
+                "length_bands": str(int(self.length_bands)), "created": self.created}
         a = self.anomaly
         tensors = {"length_coef": a.length_coef, "mean": a.mean, "scale": a.scale, "direction": a.direction,
                    "components": a.components, "center": a.center, "precision": a.precision,
@@ -288,7 +309,9 @@ class Calibration:
                    families=json.loads(meta["families"]), target_fpr=float(meta["target_fpr"]),
                    threshold=float(meta["threshold"]), anomaly=anomaly, clean_scores=tensors["clean_scores"],
                    n_prompts=int(meta["n_prompts"]), coverage=_coverage(meta.get("coverage", "")),
-                   # Files before format 6 have no bands.
+                   # Files before format 6 have no bands; before format 7 any band was a length band.
                    **{k: tensors[k] for k in ("band_edges", "band_offsets") if k in tensors},
+                   length_bands=bool(len(tensors.get("band_offsets", ())))
+                   and (int(meta["version"]) < 7 or meta.get("length_bands") == "1"),
                    created=meta["created"],
                    version=int(meta["version"]))

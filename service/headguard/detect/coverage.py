@@ -1,10 +1,12 @@
-"""Calibration coverage: longer and code-bearing variants of the clean prompts.
+"""Calibration coverage: longer, code-bearing and shorter variants of the clean prompts.
 
-A threshold set on one domain's short clean prompts knows nothing of inputs unlike all of them:
-a text message with a line of code in it, or several messages pasted together, lands in the
-tail of a score fitted on single messages. Traffic carries both, so the detector calibrates on
-its prompts plus variants of them that do: per code source, a quarter as many again with a line
-of that source appended, and a quarter as many again of two to four prompts joined
+A threshold set on one domain's clean prompts knows nothing of inputs unlike all of them: a
+text message with a line of code in it, several messages pasted together, or a reply of a few
+words lands in the tail of a score fitted on the prompts alone. Traffic carries all three, so the
+detector calibrates on its prompts plus variants of them that do: per code source, a quarter as
+many again with a line of that source appended, and a quarter as many again of two to four
+prompts joined (`coverage_prompts`); with `short`, a quarter as many again of the first three to
+eight words of a prompt (`short_prompts`), which set the bar only for inputs as short as they are
 (docs/METHOD.md §3). The code comes with the interpreter, so the variants need no lab data:
 `python` is lines of Python's own standard library, `c` lines of the C headers CPython installs
 beside it (brace-and-semicolon syntax, which a decoder's heads read unlike Python's).
@@ -22,6 +24,9 @@ from pathlib import Path
 SHARE = 0.25  # each kind of variant, as a share of the clean prompts
 SOURCE_MODULES = ("argparse", "textwrap", "shlex", "heapq", "bisect", "fractions", "json.decoder", "string")
 CODE_SOURCES = ("python", "c")
+SHORT = "short"  # the variant kind of a prompt's first few words
+VARIANT_KINDS = (*CODE_SOURCES, SHORT)
+SHORT_WORDS = (3, 8)  # a short variant keeps this many of a prompt's first words, at most all but one
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +71,38 @@ def code_lines(source: str = "python") -> tuple[str, ...]:
     return _python_lines() if source == "python" else _c_lines()
 
 
-def available_sources(sources: tuple[str, ...]) -> tuple[str, ...]:
-    """The code sources of `sources` that have lines on this interpreter."""
-    return tuple(s for s in sources if code_lines(s))
+def available_sources(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """The variant kinds of `kinds` this interpreter can make: `short`, and the code sources
+    that have lines here."""
+    unknown = [k for k in kinds if k not in VARIANT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown coverage variant {unknown[0]!r}; choose from {', '.join(VARIANT_KINDS)}")
+    return tuple(k for k in kinds if k == SHORT or code_lines(k))
 
 
-def coverage_prompts(prompts: list[str], seed: int = 0, code: tuple[str, ...] = ("python",)) -> list[str]:
-    """The variants to calibrate on beside `prompts` (none for fewer than 4 prompts): a share of
-    code variants per source of `code` that has lines here, then a share of joined prompts."""
+def short_prompts(prompts: list[str], seed: int = 0) -> list[str]:
+    """A share of the prompts cut to their first few words (SHORT_WORDS), drawn from those that
+    have more (none for fewer than 4 prompts)."""
+    lo, hi = SHORT_WORDS
+    cuttable = [p.split() for p in prompts if len(p.split()) > lo]
+    if len(prompts) < 4 or not cuttable:
+        return []
+    rng = random.Random(seed)
+    n = max(1, int(SHARE * len(prompts)))
+    return [" ".join(words[:rng.randint(lo, min(hi, len(words) - 1))]) for words in rng.choices(cuttable, k=n)]
+
+
+def coverage_prompts(prompts: list[str], seed: int = 0, kinds: tuple[str, ...] = ("python",)) -> list[str]:
+    """The longer variants to calibrate on beside `prompts` (none for fewer than 4 prompts): a
+    share of code variants per code source of `kinds` that has lines here, then a share of joined
+    prompts. `short` among `kinds` adds nothing here: its variants are `short_prompts`."""
+    kinds = available_sources(kinds)
     if len(prompts) < 4:
         return []
     rng = random.Random(seed)
     n = max(1, int(SHARE * len(prompts)))
     variants = []
-    for source in available_sources(code):
+    for source in (k for k in kinds if k != SHORT):
         lines = code_lines(source)
         variants += [f"{text} {rng.choice(lines)}" for text in rng.sample(prompts, n)]
     return variants + [" ".join(rng.sample(prompts, rng.randint(2, 4))) for _ in range(n)]

@@ -1,14 +1,18 @@
 """The detector's measured defaults, by where the query row is read (docs/METHOD.md §5).
 
 An encoder reads the [CLS] row: its backdoor heads leave the [CLS]/[SEP] sinks to pile onto the
-trigger, and a few heads carry it (MiniLM: three heads of one layer), so the single most
-collapsed head scores. A head counts as collapsed when two views of its whole row (sinks
+trigger, and a few heads carry it (MiniLM: three heads of one layer), so the mean of the two
+most collapsed heads scores. A head counts as collapsed when two views of its whole row (sinks
 included) agree, its entropy falling and one content key taking the sinks' mass: the two are
 averaged per head. The prompts are calibrated on with their coverage variants
-(detect/coverage.py), so that code in a short message, or several messages joined, is not
-anomalous by that alone: on MiniLM SMS BadNets that kept every specificity control within 1.5 %
-where the messages alone let 2–3 % through. Features are not adjusted for length: a line fitted
-on short messages misjudged the same messages with a code snippet appended.
+(detect/coverage.py): code in a message (Python and C lines) or several messages joined is not
+anomalous by that alone, and the first few words of a prompt set the bar for inputs that short,
+whose [CLS] row concentrates for want of keys. Of the 120 encoder settings measured on twelve
+MiniLM models, this one keeps every group (held-out clean, five specificity controls, unseen
+traffic) within 2 % on all twelve and catches 95.5 % of BadNets on movies and on SMS; the
+previous default (the single most collapsed head, Python code only) let 3.6 % of the SMS clean
+control's short messages through. Features are not adjusted for length: a line fitted on short
+messages misjudged the same messages with a code snippet appended.
 A decoder reads the last prompt token: how much of its row the first-token sink takes moves with
 length and content, and a row over few keys concentrates for want of keys, so the whole row's
 entropy is read against its key count (row evenness); a LoRA backdoor spreads over many heads,
@@ -34,15 +38,15 @@ class ScoreDefaults:
     top_k: int  # heads averaged into the collapse score
     length_adjust: bool  # features regressed on log input length first
     per_head: bool = False  # each head's families averaged before the top-k
-    # The code sources (detect/coverage.py) of the code-bearing variants calibrated on beside
-    # the joined ones; none: the prompts alone.
+    # The kinds of coverage variants (detect/coverage.py) calibrated on beside the joined ones:
+    # code sources, and `short`; none: the prompts alone.
     coverage: tuple[str, ...] = ()
     length_bands: bool = False  # each content-length band of the prompts holds the target FPR too
 
 
 DEFAULTS = {
-    "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=1, length_adjust=False, per_head=True,
-                             coverage=("python",)),
+    "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=2, length_adjust=False, per_head=True,
+                             coverage=("python", "c", "short")),
     "decoder": ScoreDefaults(families=("row_evenness",), top_k=3, length_adjust=False, coverage=("python", "c"),
                              length_bands=True),
 }

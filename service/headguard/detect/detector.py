@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from headguard.detect.calibration import Calibration
-from headguard.detect.coverage import available_sources, coverage_prompts
+from headguard.detect.coverage import SHORT, available_sources, coverage_prompts, short_prompts
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import feature_directions, feature_names, feature_units, heads_of
 from headguard.detect.scorer import Capture, HeadScorer
@@ -47,7 +47,7 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
 
     Families, top_k, length adjustment, per-head averaging, coverage variants
     (detect/coverage.py) and length bands left unset take the defaults for the model's kind;
-    coverage True takes the kind's code sources (Python code where the kind has none), False none.
+    coverage True takes the kind's variant kinds (Python code where the kind has none), False none.
     """
     if len(prompts) < RECOMMENDED_PROMPTS:
         log.warning("calibrating on %d prompts; %d or more are recommended: with fewer, the threshold "
@@ -65,22 +65,24 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     elif coverage is False:
         coverage = ()
     coverage = available_sources(tuple(coverage))
+    short = [p for p in short_prompts(list(prompts)) if clf.fits(p)] if SHORT in coverage else []
     if coverage:
         prompts = list(prompts) + coverage_within_context(clf, list(prompts), coverage)
     scorer = HeadScorer(clf, layers, families)
-    features, lengths = scorer.features(prompts)
+    features, lengths = scorer.features(list(prompts) + short)
     direction = np.array(feature_directions(scorer.layers, scorer.adapter.n_heads, scorer.families))
     units = np.array(feature_units(scorer.layers, scorer.adapter.n_heads, scorer.families)) if per_head else None
     return Calibration.fit(features, lengths, direction, model_hash=model_hash or weights_hash(clf.model),
                            layers=scorer.layers, families=list(scorer.families), method=method,
                            target_fpr=target_fpr, n_components=n_components, length_adjust=length_adjust,
-                           top_k=top_k, units=units, coverage=coverage, length_bands=length_bands)
+                           top_k=top_k, units=units, coverage=coverage, length_bands=length_bands,
+                           band_only=np.arange(len(features)) >= len(prompts))
 
 
-def coverage_within_context(clf: Classifier, prompts: list[str], code: tuple[str, ...] = ("python",)) -> list[str]:
-    """The prompts' coverage variants with code of `code`'s sources that fit the model's context
-    (the others are left out, not truncated): what `calibrate` adds."""
-    return [p for p in coverage_prompts(prompts, code=code) if clf.fits(p)]
+def coverage_within_context(clf: Classifier, prompts: list[str], kinds: tuple[str, ...] = ("python",)) -> list[str]:
+    """The prompts' coverage variants of `kinds` that fit the model's context (the others are
+    left out, not truncated): what `calibrate` adds."""
+    return [p for p in coverage_prompts(prompts, kinds=kinds) if clf.fits(p)]
 
 
 class Detector:
