@@ -293,6 +293,30 @@ def test_length_bands_hold_the_target_within_each_band_of_the_prompts(tmp_path):
     assert not Calibration.load(tmp_path / "v5.safetensors").length_bands
 
 
+def test_band_only_rows_raise_the_bar_of_short_inputs_alone(tmp_path):
+    rng = np.random.default_rng(1)
+    lengths = np.r_[rng.integers(20, 60, 500), rng.integers(3, 10, 100)].astype(float)
+    x = rng.normal(0, 1, (600, 1)) + (lengths < 10)[:, None] * 2.0
+    band_only = lengths < 10
+    fit = dict(direction=np.array([1.0]), model_hash="h", layers=[0], families=["entropy"])
+    without = Calibration.fit(x[~band_only], lengths[~band_only], **fit)
+    cal = Calibration.fit(x, lengths, **fit, band_only=band_only)
+    # Not fitted on, not in the overall threshold: both as without the rows.
+    assert cal.threshold == without.threshold and cal.anomaly.mean == without.anomaly.mean
+    assert cal.band_edges.tolist() == [lengths[band_only].max() + 0.5] and not cal.length_bands
+    assert cal.band_offset(np.array([5.0]))[0] > 0.0 and cal.band_offset(np.array([40.0]))[0] == 0.0
+    assert (cal.clean_scores[band_only] > cal.threshold).mean() <= 0.02
+    assert (without.anomaly.score(x[band_only], lengths[band_only]) > without.threshold).mean() > 0.2
+    cal.save(tmp_path / "cal.safetensors")
+    assert not Calibration.load(tmp_path / "cal.safetensors").length_bands
+    # Before format 7 any band was a length band.
+    with safe_open(str(tmp_path / "cal.safetensors"), framework="numpy") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "length_bands"}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(tmp_path / "v6.safetensors"), metadata={**meta, "version": "6"})
+    assert Calibration.load(tmp_path / "v6.safetensors").length_bands
+
+
 def test_scan_explains_with_heads_and_tokens(tiny_decoder):
     detector = Detector(tiny_decoder, calibrate(tiny_decoder, PROMPTS, n_components=4))
     [verdict] = detector.scan(["an input with a word zx in it"])
