@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from headguard.detect.calibration import SPREAD_FLOOR, Calibration
+from headguard.detect.coverage import SHORT, short_prompts
 from headguard.detect.defaults import ScoreDefaults, score_defaults
 from headguard.detect.detector import coverage_within_context
 from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units
@@ -38,7 +39,8 @@ def variants(n_layers: int, defaults: ScoreDefaults) -> list[dict]:
     """The rows of the ablation table; the first is the default for the model's kind, and most
     rows change one thing of it."""
     base = dict(families=defaults.families, method="collapse", top_k=defaults.top_k,
-                length_adjust=defaults.length_adjust, per_head=defaults.per_head, coverage=defaults.coverage)
+                length_adjust=defaults.length_adjust, per_head=defaults.per_head, coverage=defaults.coverage,
+                length_bands=defaults.length_bands)
     rows = [base]
     rows += [{**base, "families": (f,), "per_head": False} for f in FAMILIES if (f,) != defaults.families]
     rows += [{**base, "top_k": k} for k in (1, 3, 5) if k != defaults.top_k]
@@ -155,23 +157,30 @@ def main() -> None:
     layer_of = np.array([int(n.split(":")[1].split("H")[0][1:]) for n in names])
 
     results = []
-    coverage: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (size, kinds) -> coverage variants' features
+    coverage: dict[tuple, tuple] = {}  # (size, kinds) -> coverage variants' features, lengths, band-only mask
     for v in variants(n_layers, score_defaults(clf.task.kind)):
         lo, hi = v.get("layers", (0, n_layers))
         cols = np.isin(family_of, v["families"]) & (layer_of >= lo) & (layer_of < hi)
         size = v.get("calibration_size") or len(groups["calibration"])
         x, lengths = feats["calibration"]
         x, lengths = x[:size], lengths[:size]
-        if v.get("coverage"):  # as headguard calibrate: the prompts' coverage variants too
+        band_only = np.zeros(len(x), bool)
+        if v.get("coverage"):  # as headguard calibrate: the prompts' coverage variants too, short ones last
             key = (size, tuple(v["coverage"]))
             if key not in coverage:
-                coverage[key] = scorer.features(coverage_within_context(clf, groups["calibration"][:size], key[1]))
+                prompts = groups["calibration"][:size]
+                longer = coverage_within_context(clf, prompts, key[1])
+                short = [t for t in short_prompts(prompts) if clf.fits(t)] if SHORT in key[1] else []
+                vx, vn = scorer.features(longer + short)
+                coverage[key] = vx, vn, np.arange(len(vn)) >= len(longer)
             x, lengths = np.r_[x, coverage[key][0]], np.r_[lengths, coverage[key][1]]
+            band_only = np.r_[band_only, coverage[key][2]]
         cal = Calibration.fit(x[:, cols], lengths, directions[cols], model_hash="-", layers=[],
                               families=list(v["families"]), method=v["method"],
                               n_components=v.get("n_components", 32), length_adjust=v.get("length_adjust", False),
                               top_k=v.get("top_k", 1), units=units[cols] if v.get("per_head") else None,
-                              spread_floor=v.get("spread_floor", SPREAD_FLOOR))
+                              spread_floor=v.get("spread_floor", SPREAD_FLOOR),
+                              length_bands=v.get("length_bands", False), band_only=band_only)
         scores = {g: cal.score(f[:, cols], n) for g, (f, n) in feats.items()}
         row = {"variant": {**v, "layers": [lo, hi], "calibration_size": size}, **metrics(scores, cal.threshold)}
         results.append(row)

@@ -104,6 +104,7 @@ def ablation_table() -> str:
             method += ", length-adjusted" if v.get("length_adjust") else ""
             method += ", no spread floor" if v.get("spread_floor") == 0 else ""
             method += ", + coverage" if v.get("coverage") else ""
+            method += ", length bands" if v.get("length_bands") else ""
             lines.append(f"| {'+'.join(v['families'])} | {method} | {v['layers'][0]}–{v['layers'][1] - 1} | "
                          f"{v['calibration_size']} | {fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | "
                          f"{fmt(r['fpr_clean'])} | {fmt(r['fpr_controls'][worst])} ({worst}) |")
