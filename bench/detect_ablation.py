@@ -20,9 +20,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from headguard.detect.calibration import SPREAD_FLOOR, Calibration
-from headguard.detect.coverage import SHORT, short_prompts
 from headguard.detect.defaults import ScoreDefaults, score_defaults
-from headguard.detect.detector import coverage_within_context
+from headguard.detect.detector import coverage_within_context, short_within_context
 from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.attacks import Attack
@@ -170,7 +169,7 @@ def main() -> None:
             if key not in coverage:
                 prompts = groups["calibration"][:size]
                 longer = coverage_within_context(clf, prompts, key[1])
-                short = [t for t in short_prompts(prompts) if clf.fits(t)] if SHORT in key[1] else []
+                short = short_within_context(clf, prompts, key[1])
                 vx, vn = scorer.features(longer + short)
                 coverage[key] = vx, vn, np.arange(len(vn)) >= len(longer)
             x, lengths = np.r_[x, coverage[key][0]], np.r_[lengths, coverage[key][1]]

@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from detect_ablation import held_out_inputs, metrics
 from headguard.detect.calibration import Calibration
-from headguard.detect.coverage import SHORT, short_prompts
-from headguard.detect.detector import coverage_within_context
+from headguard.detect.coverage import SHORT
+from headguard.detect.detector import coverage_within_context, short_within_context
 from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names, heads_of, units_of
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.build import read_manifest
@@ -81,7 +81,7 @@ def input_groups(model: Path, clf: Classifier, lab: dict) -> dict[str, list[str]
     longer = {tuple(k for k in kinds if k != SHORT) for kinds in COVERAGE[clf.task.kind]} - {()}
     variants = {_group(code): coverage_within_context(clf, split, code) for code in sorted(longer)}
     if any(SHORT in kinds for kinds in COVERAGE[clf.task.kind]):
-        variants[_group((SHORT,))] = [p for p in short_prompts(split) if clf.fits(p)]
+        variants[_group((SHORT,))] = short_within_context(clf, split, (SHORT,))
     unseen = [text for text, carries_trigger in traffic_mix(model) if not carries_trigger]
     return {"split": split, **variants, **held_out_inputs(model, lab, limit), "unseen": unseen}
 

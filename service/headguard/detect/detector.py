@@ -65,7 +65,7 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     elif coverage is False:
         coverage = ()
     coverage = available_sources(tuple(coverage))
-    short = [p for p in short_prompts(list(prompts)) if clf.fits(p)] if SHORT in coverage else []
+    short = short_within_context(clf, list(prompts), coverage)
     if coverage:
         prompts = list(prompts) + coverage_within_context(clf, list(prompts), coverage)
     scorer = HeadScorer(clf, layers, families)
@@ -83,6 +83,12 @@ def coverage_within_context(clf: Classifier, prompts: list[str], kinds: tuple[st
     """The prompts' coverage variants of `kinds` that fit the model's context (the others are
     left out, not truncated): what `calibrate` adds."""
     return [p for p in coverage_prompts(prompts, kinds=kinds) if clf.fits(p)]
+
+
+def short_within_context(clf: Classifier, prompts: list[str], kinds: tuple[str, ...]) -> list[str]:
+    """The prompts' short variants that fit the model's context, where `kinds` holds `short`
+    (none otherwise): what `calibrate` adds to set the short band."""
+    return [p for p in short_prompts(prompts) if clf.fits(p)] if SHORT in kinds else []
 
 
 class Detector:
