@@ -65,18 +65,19 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     elif coverage is False:
         coverage = ()
     coverage = available_sources(tuple(coverage))
-    short = short_within_context(clf, list(prompts), coverage)
-    if coverage:
-        prompts = list(prompts) + coverage_within_context(clf, list(prompts), coverage)
+    prompts = list(prompts)
+    # Fitted on: the prompts and their longer variants; the short variants only set their band.
+    fitted = prompts + coverage_within_context(clf, prompts, coverage) if coverage else prompts
+    short = short_within_context(clf, prompts, coverage)
     scorer = HeadScorer(clf, layers, families)
-    features, lengths = scorer.features(list(prompts) + short)
+    features, lengths = scorer.features(fitted + short)
     direction = np.array(feature_directions(scorer.layers, scorer.adapter.n_heads, scorer.families))
     units = np.array(feature_units(scorer.layers, scorer.adapter.n_heads, scorer.families)) if per_head else None
     return Calibration.fit(features, lengths, direction, model_hash=model_hash or weights_hash(clf.model),
                            layers=scorer.layers, families=list(scorer.families), method=method,
                            target_fpr=target_fpr, n_components=n_components, length_adjust=length_adjust,
                            top_k=top_k, units=units, coverage=coverage, length_bands=length_bands,
-                           band_only=np.arange(len(features)) >= len(prompts))
+                           band_only=np.arange(len(features)) >= len(fitted))
 
 
 def coverage_within_context(clf: Classifier, prompts: list[str], kinds: tuple[str, ...] = ("python",)) -> list[str]:
