@@ -13,6 +13,7 @@
     python bench/report.py spread     # the spread floor against calibration size (bench/spread_floor.py)
     python bench/report.py encoder    # encoder settings with and without coverage variants (bench/score_settings.py)
     python bench/report.py decoder    # decoder settings, likewise
+    python bench/report.py decoder-rebuilds  # a few decoder settings on the latest SmolLM2 rebuilds
 """
 
 from __future__ import annotations
@@ -353,12 +354,62 @@ def settings_table(kind: str) -> str:
     return "\n".join(lines)
 
 
+# (families, top k, coverage) of the settings shown for the latest rebuilds: the decoder default
+# (row evenness, top 3, Python and C code), then the two the grid ranks best on BadNets; each with
+# and without the short variants, not per head, with length bands.
+REBUILD_SETTINGS = [(fams, k, code + short) for fams, k, code in
+                    [(("row_evenness",), 3, ("python", "c")), (("row_evenness",), 1, ("python", "c")),
+                     (("row_evenness", "row_peak"), 1, ("python", "c"))] for short in ((), ("short",))]
+
+
+def rebuilds_table() -> str:
+    """bench/results/decoder-settings-rebuilds.json (bench/score_settings.py on the latest SmolLM2
+    rebuilds): per setting and model, AUROC / TPR at the 1 % threshold / worst FPR and its group."""
+    rows = json.loads((RESULTS / "decoder-settings-rebuilds.json").read_text())
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines = ["| families | top k | coverage | " + " | ".join(m.split("-", 1)[1] for m in models) + " |",
+             "|---|---|---|" + "---|" * len(models)]
+    for fams, k, coverage in REBUILD_SETTINGS:
+        cells = []
+        for model in models:
+            r = next(r for r in rows if r["model"] == model and tuple(r["families"]) == fams and r["top_k"] == k
+                     and not r["per_head"] and tuple(r["coverage"]) == coverage and r["length_bands"])
+            value, group = _worst_fpr(r)
+            ranked = "" if r["attack"] == "clean" else f"{fmt(r['auroc'])} / {fmt(r['tpr_at_fpr_1pct'])} / "
+            cells.append(f"{ranked}{100 * value:.1f} % {group}")
+        lines.append(f"| {'+'.join(fams)} | {k} | {'+'.join(coverage)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + _short_variants_summary(rows)
+
+
+def _short_variants_summary(rows: list[dict]) -> str:
+    """What adding the short variants to Python and C code changes, over every (model, setting) pair
+    of the grid that has both."""
+    def key(r: dict) -> tuple:
+        return r["model"], tuple(r["families"]), r["top_k"], r["per_head"], r["length_bands"]
+
+    with_short = {key(r): r for r in rows if r["coverage"] == ["python", "c", "short"]}
+    pairs = [(r, with_short[key(r)]) for r in rows if r["coverage"] == ["python", "c"] and key(r) in with_short]
+
+    def moved(value) -> str:
+        deltas = [value(b) - value(a) for a, b in pairs if value(a) is not None]
+        return f"lower on {sum(d < 0 for d in deltas)}, higher on {sum(d > 0 for d in deltas)} of {len(deltas)}"
+
+    passing = [sum(_worst_fpr(r)[0] <= 0.02 for r in side) for side in zip(*pairs, strict=True)]
+    ranked = [(a, b) for a, b in pairs if a["attack"] != "clean"]
+    tpr = statistics.mean(b["tpr_at_fpr_1pct"] - a["tpr_at_fpr_1pct"] for a, b in ranked)
+    return (f"Short variants added to Python and C code, over {len(pairs)} (model, setting) pairs: worst FPR "
+            f"{moved(lambda r: _worst_fpr(r)[0])}; held-out clean + unseen FPR "
+            f"{moved(lambda r: r['fpr_clean'] + r['fpr_unseen'])}; TPR at the 1 % threshold "
+            f"{moved(lambda r: None if r['attack'] == 'clean' else r['tpr_at_fpr_1pct'])} (mean {tpr:+.3f}); "
+            f"pairs with every group ≤ 2 %: {passing[0]} → {passing[1]}.")
+
+
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
 TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
           "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "after": after_repair_table,
           "serve": serve_table, "cost": cost_table,
           "spread": spread_table, "encoder": lambda: settings_table("encoder"),
-          "decoder": lambda: settings_table("decoder")}
+          "decoder": lambda: settings_table("decoder"), "decoder-rebuilds": rebuilds_table}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())

@@ -11,7 +11,8 @@ split) and the clean rows of the repair's traffic mix (`unseen`: up to 400 datas
 used, in the dataset's own class mix: on SMS nearly all ham, short messages included, where the
 test split holds as much spam as the training split). Each setting is then calibrated as
 `headguard calibrate` does (collapse score, out-of-fold 1 % threshold) on the split alone or
-with its coverage variants (COVERAGE: Python code, or Python and C code), with and without
+with its coverage variants (COVERAGE: Python code, or Python and C code, and either with the
+short variants beside it, which set only the bar of inputs as short as they are), with and without
 length bands (the 1 % quantile held within each content-length band of the calibration prompts
 as well: docs/METHOD.md §3). The grid depends on the models' kind (GRIDS):
 
@@ -58,7 +59,7 @@ GRIDS = {
 }
 # kind -> the coverage variant kinds of each setting (none: the split alone)
 COVERAGE = {"encoder": ((), ("python",), ("python", "c"), ("python", "short"), ("python", "c", "short")),
-            "decoder": ((), ("python",), ("python", "c"))}
+            "decoder": ((), ("python",), ("python", "c"), ("python", "c", "short"))}
 
 
 LENGTH_BANDS = (False, True)
