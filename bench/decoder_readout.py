@@ -6,9 +6,10 @@ For a decoder lab model, per input (one eager forward pass, full attention maps)
 each of the last 4 prompt positions, content entropy (first-token sink excluded), sink mass and
 content max weight; and over every position from the 8th on, the lowest length-normalised content
 entropy and the highest content weight (a collapse anywhere in the prompt, e.g. on the trigger's
-own tokens). Each variant below is fitted on clean calibration prompts only, thresholded at the
-99th percentile of its out-of-fold calibration scores, and scored on held-out clean, triggered and
-control inputs. It reads the trigger to build the triggered group, so it is a harness tool.
+own tokens; a prompt of 8 positions or fewer: its last). Each variant below is fitted on clean
+calibration prompts only, thresholded at the 99th percentile of its out-of-fold calibration
+scores, and scored on held-out clean, triggered and control inputs. It reads the trigger to build
+the triggered group, so it is a harness tool.
 Writes bench/results/<model>.readout.json.
 """
 
@@ -50,12 +51,13 @@ def head_numbers(clf: Classifier, text: str) -> dict[str, np.ndarray]:
     p = a[..., 1:] / a[..., 1:].sum(-1, keepdim=True).clamp(min=1e-12)  # content keys: no first-token sink
     entropy = -(p * torch.log(p.clamp(min=1e-12))).sum(-1)  # [layer, head, query]
     keys = torch.arange(a.shape[-1]).clamp(min=2).float()  # content keys visible from each query
+    scan_from = min(SCAN_FROM, a.shape[-2] - 1)  # a prompt shorter than that: its last position
     return {
         "entropy": np.log(entropy[..., -LAST:].numpy() + 1e-3),
         "sink": _log_odds(a[..., -LAST:, 0].numpy()),
         "max": _log_odds(p[..., -LAST:, :].max(-1).values.numpy()),
-        "scan_entropy": np.log((entropy / torch.log(keys))[..., SCAN_FROM:].min(-1).values.numpy() + 1e-3),
-        "scan_max": _log_odds(p[..., SCAN_FROM:, :].max(-1).values.max(-1).values.numpy()),
+        "scan_entropy": np.log((entropy / torch.log(keys))[..., scan_from:].min(-1).values.numpy() + 1e-3),
+        "scan_max": _log_odds(p[..., scan_from:, :].max(-1).values.max(-1).values.numpy()),
         "length": np.array(a.shape[-1], dtype=np.float64),
     }
 
