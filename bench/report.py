@@ -14,6 +14,7 @@
     python bench/report.py encoder    # encoder settings with and without coverage variants (bench/score_settings.py)
     python bench/report.py decoder    # decoder settings, likewise
     python bench/report.py decoder-rebuilds  # a few decoder settings on the latest SmolLM2 rebuilds
+    python bench/report.py distance   # TPR by the trigger's distance from the end (bench/trigger_distance.py)
 """
 
 from __future__ import annotations
@@ -354,6 +355,18 @@ def settings_table(kind: str) -> str:
     return "\n".join(lines)
 
 
+def distance_table() -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.distance.json"))]
+    bands = [b["words_after"] for b in rows[0]["bands"]]
+    names = [f"{low}–{high}" if high is not None else f"{low}+" for low, high in bands]
+    lines = ["| model | TPR@1%FPR | " + " | ".join(f"words after the trigger: {n}" for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for r in rows:
+        cells = [f"{fmt(b['tpr'])} ({b['n']})" for b in r["bands"]]
+        lines.append(f"| {r['model']} | {fmt(r['tpr'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # (families, top k, coverage) of the settings shown for the latest rebuilds: the decoder default
 # (row evenness, top 3, Python and C code), then the two the grid ranks best on BadNets; each with
 # and without the short variants, not per head, with length bands.
@@ -409,7 +422,8 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_tabl
           "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "after": after_repair_table,
           "serve": serve_table, "cost": cost_table,
           "spread": spread_table, "encoder": lambda: settings_table("encoder"),
-          "decoder": lambda: settings_table("decoder"), "decoder-rebuilds": rebuilds_table}
+          "decoder": lambda: settings_table("decoder"), "decoder-rebuilds": rebuilds_table,
+          "distance": distance_table}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())
