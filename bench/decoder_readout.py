@@ -35,6 +35,7 @@ from lab_decoder import open_lab_decoder
 
 LAST = 4  # prompt positions read at the end
 SCAN_FROM = 8  # positions with fewer content keys collapse trivially
+SPREAD = 4  # query positions at a quarter, half, three quarters and the end of the prompt
 
 
 def _log_odds(p: np.ndarray) -> np.ndarray:
@@ -58,8 +59,26 @@ def head_numbers(clf: Classifier, text: str) -> dict[str, np.ndarray]:
         "max": _log_odds(p[..., -LAST:, :].max(-1).values.numpy()),
         "scan_entropy": np.log((entropy / torch.log(keys))[..., scan_from:].min(-1).values.numpy() + 1e-3),
         "scan_max": _log_odds(p[..., scan_from:, :].max(-1).values.max(-1).values.numpy()),
+        "evenness": _evenness(a, _spread_positions(a.shape[-2])),
         "length": np.array(a.shape[-1], dtype=np.float64),
     }
+
+
+def _spread_positions(n: int) -> list[int]:
+    """Query positions through the prompt, the last one last: a trigger far from the end is
+    nearer one of them."""
+    return [max(n * i // SPREAD - 1, 0) for i in range(1, SPREAD + 1)]
+
+
+def _evenness(a: torch.Tensor, positions: list[int]) -> np.ndarray:
+    """Row evenness (the decoder default's family) at each query position: the whole causal row's
+    entropy as a share of log(keys it sees). [layer, head, position]"""
+    out = []
+    for q in positions:
+        row = a[..., q, : q + 1]
+        entropy = -(row * torch.log(row.clamp(min=1e-12))).sum(-1)
+        out.append(torch.log(entropy / np.log(max(q + 1, 2)) + 1e-3))
+    return torch.stack(out, -1).numpy()
 
 
 def collapse(top_k: int, two_sided: bool = False, sign: float = -1.0) -> Callable:
@@ -96,7 +115,12 @@ def layer_mean(x: np.ndarray) -> np.ndarray:
 
 # name -> (which numbers, [input, ...] -> [input, feature], fit)
 VARIANTS: dict[str, tuple[str, Callable, Callable]] = {
-    "content entropy, last token, top 3 (default)": ("entropy", lambda v: v[..., -1].reshape(len(v), -1), collapse(3)),
+    "row evenness, last token, top 3 (decoder default's feature)": (
+        "evenness", lambda v: v[..., -1].reshape(len(v), -1), collapse(3)),
+    "row evenness, 4 positions through the prompt, top 3": ("evenness", lambda v: v.reshape(len(v), -1),
+                                                             collapse(3)),
+    "content entropy, last token, top 3 (previous default)": ("entropy", lambda v: v[..., -1].reshape(len(v), -1),
+                                                              collapse(3)),
     "content entropy, last 4 tokens, top 3": ("entropy", lambda v: v.reshape(len(v), -1), collapse(3)),
     "content entropy, last token, two-sided top 3": ("entropy", lambda v: v[..., -1].reshape(len(v), -1),
                                                      collapse(3, two_sided=True)),
