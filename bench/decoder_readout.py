@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from detect_ablation import metrics
 from headguard.detect.calibration import AnomalyModel
+from headguard.detect.features import layer_features
 from headguard.lab.controls import make_controls
 from headguard.lab.metrics import triggered
 from headguard.lab.splits import read_split
@@ -71,14 +72,11 @@ def _spread_positions(n: int) -> list[int]:
 
 
 def _evenness(a: torch.Tensor, positions: list[int]) -> np.ndarray:
-    """Row evenness (the decoder default's family) at each query position: the whole causal row's
-    entropy as a share of log(keys it sees). [layer, head, position]"""
-    out = []
-    for q in positions:
-        row = a[..., q, : q + 1]
-        entropy = -(row * torch.log(row.clamp(min=1e-12))).sum(-1)
-        out.append(torch.log(entropy / np.log(max(q + 1, 2)) + 1e-3))
-    return torch.stack(out, -1).numpy()
+    """Row evenness (the decoder default's family) at each query position, over the keys that
+    position sees. [layer, head, position]"""
+    rows = [a[None, ..., q, : q + 1] for q in positions]  # [1, layer, head, key]
+    return torch.stack([layer_features(r, torch.ones(1, r.shape[-1]), ("row_evenness",))[0] for r in rows],
+                       -1).numpy()
 
 
 def collapse(top_k: int, two_sided: bool = False, sign: float = -1.0) -> Callable:
