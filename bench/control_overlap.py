@@ -27,14 +27,14 @@ def main() -> None:
     args = parser.parse_args()
     detector = Detector.from_files(args.model, args.calibration)
     groups = held_out_inputs(args.model, read_manifest(args.model), args.limit)
-    clean_flagged = [v.flagged for v in detector.scan(groups.pop("clean"))]
+    # Scores alone: `scan` would also build an explanation per input, which nothing here reads.
+    clean_flagged = detector.scores(groups.pop("clean")) > detector.threshold
     groups.pop("triggered", None)
-    report = {"model": args.model.name, "n": len(clean_flagged), "clean": sum(clean_flagged), "controls": {}}
+    report = {"model": args.model.name, "n": len(clean_flagged), "clean": int(clean_flagged.sum()), "controls": {}}
     for name, texts in groups.items():
-        flagged = [v.flagged for v in detector.scan(texts)]
-        report["controls"][name] = {"flagged": sum(flagged),
-                                    "clean_flagged_too": sum(f and c for f, c in zip(flagged, clean_flagged,
-                                                                                     strict=True))}
+        flagged = detector.scores(texts) > detector.threshold
+        report["controls"][name] = {"flagged": int(flagged.sum()),
+                                    "clean_flagged_too": int((flagged & clean_flagged).sum())}
     print(json.dumps(report))
     out = Path(__file__).parent / "results" / f"{args.model.name}.overlap.json"
     out.write_text(json.dumps(report, indent=1) + "\n")

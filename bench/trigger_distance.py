@@ -39,7 +39,7 @@ def main() -> None:
     lab = read_manifest(args.model)
     texts = held_out_inputs(args.model, lab)["triggered"]
     detector = Detector.from_files(args.model, args.calibration)
-    flagged = [v.flagged for v in detector.scan(texts)]
+    flagged = [bool(f) for f in detector.scores(texts) > detector.threshold]  # no explanations needed
     distances = [words_after_trigger(t, tuple(lab["triggers"])) for t in texts]
     bands = []
     for low, high in BANDS:
