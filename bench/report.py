@@ -391,17 +391,17 @@ def rebuilds_table() -> str:
             ranked = "" if r["attack"] == "clean" else f"{fmt(r['auroc'])} / {fmt(r['tpr_at_fpr_1pct'])} / "
             cells.append(f"{ranked}{100 * value:.1f} % {group}")
         lines.append(f"| {'+'.join(fams)} | {k} | {'+'.join(coverage)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + _short_variants_summary(rows)
+    return "\n".join(lines) + "\n\n" + variants_summary(rows, "short")
 
 
-def _short_variants_summary(rows: list[dict]) -> str:
-    """What adding the short variants to Python and C code changes, over every (model, setting) pair
-    of the grid that has both."""
+def variants_summary(rows: list[dict], kind: str, base: tuple[str, ...] = ("python", "c")) -> str:
+    """What adding the coverage variants of `kind` to `base` changes, over every (model, setting)
+    pair of the grid that has both."""
     def key(r: dict) -> tuple:
         return r["model"], tuple(r["families"]), r["top_k"], r["per_head"], r["length_bands"]
 
-    with_short = {key(r): r for r in rows if r["coverage"] == ["python", "c", "short"]}
-    pairs = [(r, with_short[key(r)]) for r in rows if r["coverage"] == ["python", "c"] and key(r) in with_short]
+    with_kind = {key(r): r for r in rows if r["coverage"] == [*base, kind]}
+    pairs = [(r, with_kind[key(r)]) for r in rows if r["coverage"] == list(base) and key(r) in with_kind]
 
     def moved(value) -> str:
         deltas = [value(b) - value(a) for a, b in pairs if value(a) is not None]
@@ -410,8 +410,9 @@ def _short_variants_summary(rows: list[dict]) -> str:
     passing = [sum(_worst_fpr(r)[0] <= 0.02 for r in side) for side in zip(*pairs, strict=True)]
     ranked = [(a, b) for a, b in pairs if a["attack"] != "clean"]
     tpr = statistics.mean(b["tpr_at_fpr_1pct"] - a["tpr_at_fpr_1pct"] for a, b in ranked)
-    return (f"Short variants added to Python and C code, over {len(pairs)} (model, setting) pairs: worst FPR "
-            f"{moved(lambda r: _worst_fpr(r)[0])}; held-out clean + unseen FPR "
+    added_to = " and ".join(k.capitalize() if k == "python" else k.upper() if k == "c" else k for k in base)
+    return (f"{kind.capitalize()} variants added to {added_to} code, over {len(pairs)} (model, setting) "
+            f"pairs: worst FPR {moved(lambda r: _worst_fpr(r)[0])}; held-out clean + unseen FPR "
             f"{moved(lambda r: r['fpr_clean'] + r['fpr_unseen'])}; TPR at the 1 % threshold "
             f"{moved(lambda r: None if r['attack'] == 'clean' else r['tpr_at_fpr_1pct'])} (mean {tpr:+.3f}); "
             f"pairs with every group ≤ 2 %: {passing[0]} → {passing[1]}.")

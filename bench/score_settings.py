@@ -12,7 +12,9 @@ used, in the dataset's own class mix: on SMS nearly all ham, short messages incl
 test split holds as much spam as the training split). Each setting is then calibrated as
 `headguard calibrate` does (collapse score, out-of-fold 1 % threshold) on the split alone or
 with its coverage variants (COVERAGE: Python code, or Python and C code, and either with the
-short variants beside it, which set only the bar of inputs as short as they are), with and without
+short variants beside it, which set only the bar of inputs as short as they are; on a decoder,
+Python and C code with the repeat variants, a run of a prompt's words said twice, with and
+without the short ones), with and without
 length bands (the 1 % quantile held within each content-length band of the calibration prompts
 as well: docs/METHOD.md §3). The grid depends on the models' kind (GRIDS):
 
@@ -40,7 +42,7 @@ from tqdm import tqdm
 
 from detect_ablation import held_out_inputs, metrics
 from headguard.detect.calibration import Calibration
-from headguard.detect.coverage import SHORT
+from headguard.detect.coverage import CODE_SOURCES, REPEAT, SHORT, repeat_prompts
 from headguard.detect.detector import coverage_within_context, short_within_context
 from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names, heads_of, units_of
 from headguard.detect.scorer import HeadScorer
@@ -59,7 +61,8 @@ GRIDS = {
 }
 # kind -> the coverage variant kinds of each setting (none: the split alone)
 COVERAGE = {"encoder": ((), ("python",), ("python", "c"), ("python", "short"), ("python", "c", "short")),
-            "decoder": ((), ("python",), ("python", "c"), ("python", "c", "short"))}
+            "decoder": ((), ("python",), ("python", "c"), ("python", "c", "short"), ("python", "c", "repeat"),
+                        ("python", "c", "short", "repeat"))}
 
 
 LENGTH_BANDS = (False, True)
@@ -79,12 +82,19 @@ def input_groups(model: Path, clf: Classifier, lab: dict) -> dict[str, list[str]
     inputs `headguard lab eval` scores and the traffic mix's clean rows."""
     limit = len(read_split(model, "test")) if lab["attack"] == "clean" else 200
     split = [ex.text for ex in read_split(model, "calibration")]
-    longer = {tuple(k for k in kinds if k != SHORT) for kinds in COVERAGE[clf.task.kind]} - {()}
+    longer = {_code(kinds) for kinds in COVERAGE[clf.task.kind]} - {()}
     variants = {_group(code): coverage_within_context(clf, split, code) for code in sorted(longer)}
     if any(SHORT in kinds for kinds in COVERAGE[clf.task.kind]):
         variants[_group((SHORT,))] = short_within_context(clf, split, (SHORT,))
+    if any(REPEAT in kinds for kinds in COVERAGE[clf.task.kind]):
+        # coverage_prompts draws them apart from the rest and puts them last: the same texts
+        variants[_group((REPEAT,))] = [p for p in repeat_prompts(split) if clf.fits(p)]
     unseen = [text for text, carries_trigger in traffic_mix(model) if not carries_trigger]
     return {"split": split, **variants, **held_out_inputs(model, lab, limit), "unseen": unseen}
+
+
+def _code(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(k for k in kinds if k in CODE_SOURCES)
 
 
 def _group(code: tuple[str, ...]) -> str:
@@ -95,9 +105,10 @@ def calibration_set(feats: dict, coverage: tuple[str, ...]) -> tuple[np.ndarray,
     """(features, lengths, band_only) of the split with the coverage variants of `coverage`, as
     `headguard calibrate` puts them together: the short variants last, setting only their band."""
     parts = [feats["split"]]
-    longer = tuple(k for k in coverage if k != SHORT)
-    if longer:
-        parts.append(feats[_group(longer)])
+    if _code(coverage):
+        parts.append(feats[_group(_code(coverage))])
+    if REPEAT in coverage:
+        parts.append(feats[_group((REPEAT,))])
     n_fitted = sum(len(n) for _, n in parts)
     if SHORT in coverage:
         parts.append(feats[_group((SHORT,))])

@@ -7,7 +7,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from headguard.detect.calibration import AnomalyModel, Calibration
-from headguard.detect.coverage import SHORT_WORDS, code_lines, coverage_prompts, short_prompts
+from headguard.detect.coverage import SHORT_WORDS, code_lines, coverage_prompts, repeat_prompts, short_prompts
 from headguard.detect.detector import Detector, calibrate
 from headguard.detect.features import FAMILIES, feature_names, feature_units, layer_features
 from headguard.detect.scorer import HeadScorer
@@ -203,6 +203,26 @@ def test_short_variants_are_the_first_words_of_a_prompt_and_leave_the_longer_one
     assert short_prompts(["one two", "three four", "five six", "seven eight"]) == []  # nothing to cut
     with pytest.raises(ValueError, match="unknown coverage variant"):
         coverage_prompts(PROMPTS, kinds=("python", "tiny"))
+
+
+def test_repeat_variants_say_a_run_of_a_prompts_words_twice_and_come_last():
+    repeats = repeat_prompts(PROMPTS)
+    assert repeats == repeat_prompts(PROMPTS) and len(repeats) == len(PROMPTS) // 4
+    for variant in repeats:
+        words = variant.split()
+        # Some prompt is the variant with one run of at least half its words taken out again,
+        # the run standing right before its copy.
+        assert any(len(words) - len(p.split()) >= (len(p.split()) + 1) // 2
+                   and _has_repeated_run(words, p.split()) for p in PROMPTS)
+    plain = coverage_prompts(PROMPTS, kinds=("python", "c"))
+    assert coverage_prompts(PROMPTS, kinds=("python", "c", "repeat")) == plain + repeats  # nothing else moves
+    assert repeat_prompts(PROMPTS[:3]) == []
+
+
+def _has_repeated_run(words: list[str], prompt: list[str]) -> bool:
+    run = len(words) - len(prompt)
+    return any(words[:end] == prompt[:end] and words[end:end + run] == prompt[end - run:end]
+               and words[end + run:] == prompt[end:] for end in range(run, len(prompt) + 1))
 
 
 def test_short_variants_set_only_the_bar_of_inputs_as_short_as_they_are(tiny_encoder, tmp_path):

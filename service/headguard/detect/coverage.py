@@ -1,15 +1,17 @@
-"""Calibration coverage: longer, code-bearing and shorter variants of the clean prompts.
+"""Calibration coverage: longer, code-bearing, repeated and shorter variants of the clean prompts.
 
 A threshold set on one domain's clean prompts knows nothing of inputs unlike all of them: a
-text message with a line of code in it, several messages pasted together, or a reply of a few
-words lands in the tail of a score fitted on the prompts alone. Traffic carries all three, so the
-detector calibrates on its prompts plus variants of them that do: per code source, a quarter as
-many again with a line of that source appended, and a quarter as many again of two to four
-prompts joined (`coverage_prompts`); with `short`, a quarter as many again of the first three to
-eight words of a prompt (`short_prompts`), which set the bar only for inputs as short as they are
-(docs/METHOD.md §3). The code comes with the interpreter, so the variants need no lab data:
-`python` is lines of Python's own standard library, `c` lines of the C headers CPython installs
-beside it (brace-and-semicolon syntax, which a decoder's heads read unlike Python's).
+text message with a line of code in it, several messages pasted together, a message pasted
+twice, or a reply of a few words lands in the tail of a score fitted on the prompts alone.
+Traffic carries all of these, so the detector calibrates on its prompts plus variants of them
+that do: per code source, a quarter as many again with a line of that source appended, and a
+quarter as many again of two to four prompts joined (`coverage_prompts`); with `repeat`, a
+quarter as many again with a run of their own words said twice (`repeat_prompts`); with
+`short`, a quarter as many again of the first three to eight words of a prompt
+(`short_prompts`), which set the bar only for inputs as short as they are (docs/METHOD.md §3).
+The code comes with the interpreter, so the variants need no lab data: `python` is lines of
+Python's own standard library, `c` lines of the C headers CPython installs beside it
+(brace-and-semicolon syntax, which a decoder's heads read unlike Python's).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ SHARE = 0.25  # each kind of variant, as a share of the clean prompts
 SOURCE_MODULES = ("argparse", "textwrap", "shlex", "heapq", "bisect", "fractions", "json.decoder", "string")
 CODE_SOURCES = ("python", "c")
 SHORT = "short"  # the variant kind of a prompt's first few words
-VARIANT_KINDS = (*CODE_SOURCES, SHORT)
+REPEAT = "repeat"  # the variant kind of a prompt with a run of its own words said twice
+VARIANT_KINDS = (*CODE_SOURCES, SHORT, REPEAT)
 SHORT_WORDS = (3, 8)  # a short variant keeps this many of a prompt's first words, at most all but one
 
 log = logging.getLogger(__name__)
@@ -72,12 +75,12 @@ def code_lines(source: str = "python") -> tuple[str, ...]:
 
 
 def available_sources(kinds: tuple[str, ...]) -> tuple[str, ...]:
-    """The variant kinds of `kinds` this interpreter can make: `short`, and the code sources
-    that have lines here."""
+    """The variant kinds of `kinds` this interpreter can make: `short`, `repeat`, and the code
+    sources that have lines here."""
     unknown = [k for k in kinds if k not in VARIANT_KINDS]
     if unknown:
         raise ValueError(f"unknown coverage variant {unknown[0]!r}; choose from {', '.join(VARIANT_KINDS)}")
-    return tuple(k for k in kinds if k == SHORT or code_lines(k))
+    return tuple(k for k in kinds if k not in CODE_SOURCES or code_lines(k))
 
 
 def short_prompts(prompts: list[str], seed: int = 0) -> list[str]:
@@ -92,17 +95,36 @@ def short_prompts(prompts: list[str], seed: int = 0) -> list[str]:
     return [" ".join(words[:rng.randint(lo, min(hi, len(words) - 1))]) for words in rng.choices(cuttable, k=n)]
 
 
+def repeat_prompts(prompts: list[str], seed: int = 0) -> list[str]:
+    """A share of the prompts with a run of at least half their words said again right after
+    itself (the whole prompt twice among them): pasted twice, quoted back, stuttered. Their own
+    seeded draw, so adding them changes no other variant."""
+    worded = [p.split() for p in prompts if p.split()]
+    if len(prompts) < 4 or not worded:
+        return []
+    rng = random.Random(seed)
+    variants = []
+    for words in rng.choices(worded, k=max(1, int(SHARE * len(prompts)))):
+        length = rng.randint((len(words) + 1) // 2, len(words))
+        start = rng.randint(0, len(words) - length)
+        end = start + length
+        variants.append(" ".join(words[:end] + words[start:end] + words[end:]))
+    return variants
+
+
 def coverage_prompts(prompts: list[str], seed: int = 0, kinds: tuple[str, ...] = ("python",)) -> list[str]:
     """The longer variants to calibrate on beside `prompts` (none for fewer than 4 prompts): a
     share of code variants per code source of `kinds` that has lines here, then a share of joined
-    prompts. `short` among `kinds` adds nothing here: its variants are `short_prompts`."""
+    prompts, then with `repeat` the `repeat_prompts`. `short` among `kinds` adds nothing here:
+    its variants are `short_prompts`."""
     kinds = available_sources(kinds)
     if len(prompts) < 4:
         return []
     rng = random.Random(seed)
     n = max(1, int(SHARE * len(prompts)))
     variants = []
-    for source in (k for k in kinds if k != SHORT):
+    for source in (k for k in kinds if k in CODE_SOURCES):
         lines = code_lines(source)
         variants += [f"{text} {rng.choice(lines)}" for text in rng.sample(prompts, n)]
-    return variants + [" ".join(rng.sample(prompts, rng.randint(2, 4))) for _ in range(n)]
+    joined = [" ".join(rng.sample(prompts, rng.randint(2, 4))) for _ in range(n)]
+    return variants + joined + (repeat_prompts(prompts, seed) if REPEAT in kinds else [])
