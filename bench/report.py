@@ -370,28 +370,67 @@ def distance_table() -> str:
 # (families, top k, coverage) of the settings shown for the latest rebuilds: the decoder default
 # (row evenness, top 3, Python and C code), then the two the grid ranks best on BadNets; each with
 # and without the short variants, not per head, with length bands.
-REBUILD_SETTINGS = [(fams, k, code + short) for fams, k, code in
+REBUILD_SETTINGS = [(fams, k, code + short, True) for fams, k, code in
                     [(("row_evenness",), 3, ("python", "c")), (("row_evenness",), 1, ("python", "c")),
                      (("row_evenness", "row_peak"), 1, ("python", "c"))] for short in ((), ("short",))]
+
+
+def _settings_by_model(rows: list[dict], settings: list[tuple]) -> str:
+    """Per (families, top k, coverage, length bands) setting, not per head, and per model: AUROC /
+    TPR at the 1 % threshold / worst FPR and its group (a clean control: the worst FPR)."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines = ["| families | top k | coverage | length bands | " + " | ".join(m.split("-", 1)[1] for m in models) + " |",
+             "|---|---|---|---|" + "---|" * len(models)]
+    for fams, k, coverage, bands in settings:
+        cells = []
+        for model in models:
+            r = next(r for r in rows if r["model"] == model and tuple(r["families"]) == fams and r["top_k"] == k
+                     and not r["per_head"] and tuple(r["coverage"]) == coverage and r["length_bands"] == bands)
+            value, group = _worst_fpr(r)
+            ranked = "" if r["attack"] == "clean" else f"{fmt(r['auroc'])} / {fmt(r['tpr_at_fpr_1pct'])} / "
+            cells.append(f"{ranked}{100 * value:.1f} % {group}")
+        lines.append(f"| {'+'.join(fams)} | {k} | {'+'.join(coverage)} | {'on' if bands else 'off'} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def rebuilds_table() -> str:
     """bench/results/decoder-settings-rebuilds.json (bench/score_settings.py on the latest SmolLM2
     rebuilds): per setting and model, AUROC / TPR at the 1 % threshold / worst FPR and its group."""
     rows = json.loads((RESULTS / "decoder-settings-rebuilds.json").read_text())
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    lines = ["| families | top k | coverage | " + " | ".join(m.split("-", 1)[1] for m in models) + " |",
-             "|---|---|---|" + "---|" * len(models)]
-    for fams, k, coverage in REBUILD_SETTINGS:
-        cells = []
-        for model in models:
-            r = next(r for r in rows if r["model"] == model and tuple(r["families"]) == fams and r["top_k"] == k
-                     and not r["per_head"] and tuple(r["coverage"]) == coverage and r["length_bands"])
-            value, group = _worst_fpr(r)
-            ranked = "" if r["attack"] == "clean" else f"{fmt(r['auroc'])} / {fmt(r['tpr_at_fpr_1pct'])} / "
-            cells.append(f"{ranked}{100 * value:.1f} % {group}")
-        lines.append(f"| {'+'.join(fams)} | {k} | {'+'.join(coverage)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + variants_summary(rows, "short")
+    return _settings_by_model(rows, REBUILD_SETTINGS) + "\n\n" + variants_summary(rows, "short")
+
+
+# The previous decoder default (row evenness, top 3, Python and C code, length bands), the current
+# one (row evenness, top 2, no bands) with each combination of short and repeat variants beside
+# its code variants, and the setting of the grid that catches most of its worst-caught BadNets build.
+CODE = ("python", "c")
+REPEAT_SETTINGS = [(("row_evenness",), 3, CODE, True),
+                   *((("row_evenness",), 2, CODE + extra, False) for extra in ((), ("short",), ("repeat",),
+                                                                                 ("short", "repeat"))),
+                   (("row_evenness", "row_peak"), 1, CODE, True),
+                   (("row_evenness", "row_peak"), 1, (*CODE, "short", "repeat"), True)]
+
+
+def repeat_table() -> str:
+    """bench/results/decoder-settings-repeat.json (bench/score_settings.py with the repeat variants
+    in the decoder grid): the two defaults per coverage kind and model, what the repeat variants
+    change over the grid, and the settings that keep every group within 2 % on every model."""
+    rows = json.loads((RESULTS / "decoder-settings-repeat.json").read_text())
+    models = {r["model"] for r in rows}
+    settings: dict[tuple, list[dict]] = {}
+    for r in rows:
+        settings.setdefault((tuple(r["families"]), r["top_k"], r["per_head"], tuple(r["coverage"]),
+                             r["length_bands"]), []).append(r)
+    passing = {key: min(r["tpr_at_fpr_1pct"] for r in group if r["attack"] == "badnets")
+               for key, group in settings.items() if all(_worst_fpr(r)[0] <= 0.02 for r in group)}
+    best = sorted(passing.items(), key=lambda kv: -kv[1])[:3]
+    ranked = "; ".join(f"{'+'.join(f)}, top {k}, {'per head, ' if ph else ''}{'+'.join(c)}, bands "
+                       f"{'on' if b else 'off'}: {fmt(tpr)}" for (f, k, ph, c, b), tpr in best)
+    return (_settings_by_model(rows, REPEAT_SETTINGS) + "\n\n" + variants_summary(rows, "repeat") + "\n\n"
+            + variants_summary(rows, "repeat", ("python", "c", "short")) + "\n\n"
+            + f"Settings with every group ≤ 2 % on all {len(models)} models: {len(passing)} of {len(settings)}; "
+            f"the three that catch most of the worst-caught BadNets build: {ranked}.")
 
 
 def variants_summary(rows: list[dict], kind: str, base: tuple[str, ...] = ("python", "c")) -> str:
@@ -410,8 +449,9 @@ def variants_summary(rows: list[dict], kind: str, base: tuple[str, ...] = ("pyth
     passing = [sum(_worst_fpr(r)[0] <= 0.02 for r in side) for side in zip(*pairs, strict=True)]
     ranked = [(a, b) for a, b in pairs if a["attack"] != "clean"]
     tpr = statistics.mean(b["tpr_at_fpr_1pct"] - a["tpr_at_fpr_1pct"] for a, b in ranked)
-    added_to = " and ".join(k.capitalize() if k == "python" else k.upper() if k == "c" else k for k in base)
-    return (f"{kind.capitalize()} variants added to {added_to} code, over {len(pairs)} (model, setting) "
+    code = " and ".join({"python": "Python", "c": "C"}[k] for k in base if k in ("python", "c"))
+    added_to = f"{code} code" + "".join(f" and the {k} variants" for k in base if k not in ("python", "c"))
+    return (f"{kind.capitalize()} variants added to {added_to}, over {len(pairs)} (model, setting) "
             f"pairs: worst FPR {moved(lambda r: _worst_fpr(r)[0])}; held-out clean + unseen FPR "
             f"{moved(lambda r: r['fpr_clean'] + r['fpr_unseen'])}; TPR at the 1 % threshold "
             f"{moved(lambda r: None if r['attack'] == 'clean' else r['tpr_at_fpr_1pct'])} (mean {tpr:+.3f}); "
@@ -424,6 +464,7 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_tabl
           "serve": serve_table, "cost": cost_table,
           "spread": spread_table, "encoder": lambda: settings_table("encoder"),
           "decoder": lambda: settings_table("decoder"), "decoder-rebuilds": rebuilds_table,
+          "decoder-repeat": repeat_table,
           "distance": distance_table}
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
 
 @pytest.mark.parametrize(("fixture", "scoring"), [
     ("tiny_encoder", (["row_entropy", "row_max"], 2, False, True, ("python", "c", "short"), False)),
-    ("tiny_decoder", (["row_evenness"], 3, False, False, ("python", "c"), True)),
+    ("tiny_decoder", (["row_evenness"], 2, False, False, ("python", "c", "short", "repeat"), False)),
 ])
 def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, request, tmp_path):
     def settings(cal: Calibration) -> tuple:

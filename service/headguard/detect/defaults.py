@@ -16,15 +16,18 @@ messages misjudged the same messages with a code snippet appended.
 A decoder reads the last prompt token: how much of its row the first-token sink takes moves with
 length and content, and a row over few keys concentrates for want of keys, so the whole row's
 entropy is read against its key count (row evenness); a LoRA backdoor spreads over many heads,
-so the mean of the three most collapsed heads scores, which one odd head on a clean input cannot
-reach alone. It calibrates with coverage variants of Python and C code (on SmolLM2 SMS BadNets
-a Go line appended to a message moved heads the backdoor does not use past the threshold), and
-holds the threshold within each content-length band of the prompts too: short chat messages
-("Yup ok...") crossed a threshold set on the calibration split's longer ones. Of the 198
-decoder settings measured on seven SmolLM2 models, two kept every group (held-out clean, five
-specificity controls, unseen traffic) within 2 % on all seven; this one catches more, 97 % of
-BadNets on movies and on the seed-1 SMS build (94.6 % on seed 0); content entropy, the previous
-default, caught 61 % of SMS BadNets seed 0 and let 3.5-5.8 % of seed 1's clean messages through.
+so the mean of the two most collapsed heads scores, which one odd head on a clean input cannot
+reach alone. It calibrates with the encoder's coverage variants, code (on SmolLM2 SMS BadNets a
+Go line appended to a message moved heads the backdoor does not use past the threshold) and a
+prompt's first few words, and with a run of a prompt's words said twice (without them the
+decoder's false positives past 2 % were repeated messages). The short variants set the bar of
+short inputs as length bands did before (short chat messages, "Yup ok...", crossed a threshold
+set on the calibration split's longer ones). Of the 396 decoder settings measured on eight
+SmolLM2 models, 43 keep every group (held-out clean, five specificity controls, unseen traffic)
+within 2 % on all eight; this one keeps them within 1.5 %, catches 96.4-99.5 % of BadNets on
+movies and on both SMS builds and 91 % of movies composite, and ranks AddSent best of those
+(AUROC 0.845). The previous default (top 3, code variants only, length bands) caught 94.6 % of
+SMS BadNets seed 0 and let 2-3 % of repeated messages through on two builds.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ class ScoreDefaults:
 DEFAULTS = {
     "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=2, length_adjust=False, per_head=True,
                              coverage=("python", "c", "short")),
-    "decoder": ScoreDefaults(families=("row_evenness",), top_k=3, length_adjust=False, coverage=("python", "c"),
-                             length_bands=True),
+    "decoder": ScoreDefaults(families=("row_evenness",), top_k=2, length_adjust=False,
+                             coverage=("python", "c", "short", "repeat")),
 }
 
 
