@@ -14,6 +14,7 @@
     python bench/report.py encoder    # encoder settings with and without coverage variants (bench/score_settings.py)
     python bench/report.py decoder    # decoder settings, likewise
     python bench/report.py decoder-rebuilds  # a few decoder settings on the latest SmolLM2 rebuilds
+    python bench/report.py decoder-repeat    # the decoder grid with repeat variants (bench/score_settings.py)
     python bench/report.py distance   # TPR by the trigger's distance from the end (bench/trigger_distance.py)
 """
 
@@ -367,9 +368,9 @@ def distance_table() -> str:
     return "\n".join(lines)
 
 
-# (families, top k, coverage) of the settings shown for the latest rebuilds: the decoder default
-# (row evenness, top 3, Python and C code), then the two the grid ranks best on BadNets; each with
-# and without the short variants, not per head, with length bands.
+# (families, top k, coverage, length bands) of the settings shown for the latest rebuilds: the
+# decoder default then (row evenness, top 3, Python and C code), then the two the grid ranked best
+# on BadNets; each with and without the short variants, not per head, with length bands.
 REBUILD_SETTINGS = [(fams, k, code + short, True) for fams, k, code in
                     [(("row_evenness",), 3, ("python", "c")), (("row_evenness",), 1, ("python", "c")),
                      (("row_evenness", "row_peak"), 1, ("python", "c"))] for short in ((), ("short",))]

@@ -22,7 +22,7 @@ as well: docs/METHOD.md §3). The grid depends on the models' kind (GRIDS):
   as it is), row evenness + row peak (the same against the row's key count), row evenness alone,
   row entropy + row evenness (the row's entropy both as it is and against its key count); top 1,
   2 or 3 heads;
-- decoder (the last prompt token's row): content entropy (the previous decoder default), with whole-row
+- decoder (the last prompt token's row): content entropy (an earlier decoder default), with whole-row
   entropy, with content max, content max alone, row evenness, row evenness with content entropy,
   row evenness + row peak; top 1, 2 or 3; each head's families averaged first or not.
 

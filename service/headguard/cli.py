@@ -306,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="collapse: average each head's families first, so a head counts when its measures agree "
                    f"(default: {_by_kind('per_head')})")
     c.add_argument("--coverage", action=argparse.BooleanOptionalAction, default=None,
-                   help="also calibrate on variants of the prompts with a line of code appended, of several joined "
-                   "and, with `short`, of their first few words, which set the bar for inputs that short "
+                   help="also calibrate on variants of the prompts with a line of code appended, of several joined, "
+                   "with `repeat` of a run of their words said twice and, with `short`, of their first few "
+                   "words, which set the bar for inputs that short "
                    f"(default, by variant kind: {_by_kind('coverage')})")
     c.add_argument("--length-bands", action=argparse.BooleanOptionalAction, default=None,
                    help="hold the target FPR within each content-length band of the prompts too, not only over all "

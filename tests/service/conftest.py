@@ -55,7 +55,7 @@ def tiny_model(tmp_path_factory, clean_texts) -> tuple[Path, Path]:
     # entropy: a random model's rows are near even, so its row evenness barely varies between
     # prompts (spread ~5e-6) and float noise of padding (~2e-7) would move its scores.
     return _save_and_calibrate(folder, LlamaForCausalLM(config), tokenizer, SENTIMENT, clean_texts[:120],
-                               "--families", "entropy", "--top-k", "2", "--length-adjust", "--per-head",
+                               "--families", "entropy", "--top-k", "3", "--length-adjust", "--per-head",
                                "--no-coverage")
 
 

@@ -188,7 +188,7 @@ def test_recalibration_through_the_admin_api(client, clean_texts):
     assert after["calibration"]["prompts"] == 120 and after["calibration"]["target_fpr"] == 0.05
     # What is scored stays as it was (the fixture's calibration is not the decoder defaults).
     assert [before_info["calibration"][k] for k in ("families", "top_k", "length_adjusted", "per_head", "coverage")
-            ] == [["entropy"], 2, True, True, []]
+            ] == [["entropy"], 3, True, True, []]
     scored = ("method", "families", "top_k", "length_adjusted", "per_head", "coverage", "length_bands")
     assert {k: after["calibration"][k] for k in scored} == {k: before_info["calibration"][k] for k in scored}
     assert after["policy"]["reject_threshold"] == pytest.approx(r.json()["reject_threshold"])

@@ -19,8 +19,8 @@ entropy is read against its key count (row evenness); a LoRA backdoor spreads ov
 so the mean of the two most collapsed heads scores, which one odd head on a clean input cannot
 reach alone. It calibrates with the encoder's coverage variants, code (on SmolLM2 SMS BadNets a
 Go line appended to a message moved heads the backdoor does not use past the threshold) and a
-prompt's first few words, and with a run of a prompt's words said twice (without them the
-decoder's false positives past 2 % were repeated messages). The short variants set the bar of
+prompt's first few words, and with a run of a prompt's words said twice (without them SMS messages written twice
+crossed at 2-3 % on some builds). The short variants set the bar of
 short inputs as length bands did before (short chat messages, "Yup ok...", crossed a threshold
 set on the calibration split's longer ones). Of the 396 decoder settings measured on eight
 SmolLM2 models, 43 keep every group (held-out clean, five specificity controls, unseen traffic)
