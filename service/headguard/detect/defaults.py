@@ -19,10 +19,10 @@ entropy is read against its key count (row evenness); a LoRA backdoor spreads ov
 so the mean of the two most collapsed heads scores, which one odd head on a clean input cannot
 reach alone. It calibrates with the encoder's coverage variants, code (on SmolLM2 SMS BadNets a
 Go line appended to a message moved heads the backdoor does not use past the threshold) and a
-prompt's first few words, and with a run of a prompt's words said twice (without them SMS messages written twice
-crossed at 2-3 % on some builds). The short variants set the bar of
-short inputs as length bands did before (short chat messages, "Yup ok...", crossed a threshold
-set on the calibration split's longer ones). Of the 396 decoder settings measured on eight
+prompt's first few words, and with a run of a prompt's words said twice (without them 2-3 % of
+SMS messages written twice crossed on some builds). The short variants set the bar of short
+inputs as length bands did before (short chat messages, "Yup ok...", crossed a threshold set on
+the calibration split's longer ones). Of the 396 decoder settings measured on eight
 SmolLM2 models, 43 keep every group (held-out clean, five specificity controls, unseen traffic)
 within 2 % on all eight; this one keeps them within 1.5 %, catches 96.4-99.5 % of BadNets on
 movies and on both SMS builds and 91 % of movies composite, and ranks AddSent best of those
