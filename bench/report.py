@@ -316,15 +316,22 @@ def _coverage_name(coverage) -> str:
     return "on" if coverage else "off"
 
 
-def settings_table(kind: str) -> str:
-    """bench/results/<kind>-settings.json: each scoring setting summarised over the lab models of
-    that kind (bench/score_settings.py)."""
-    rows = json.loads((RESULTS / f"{kind}-settings.json").read_text())
+def _by_setting(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Results rows grouped by (families, top k, per head, coverage name, length bands); rows from
+    before a field existed take its value then (per head on, bands off)."""
     settings: dict[tuple, list[dict]] = {}
     for r in rows:
         key = (tuple(r["families"]), r["top_k"], r.get("per_head", True), _coverage_name(r["coverage"]),
                r.get("length_bands", False))
         settings.setdefault(key, []).append(r)
+    return settings
+
+
+def settings_table(kind: str) -> str:
+    """bench/results/<kind>-settings.json: each scoring setting summarised over the lab models of
+    that kind (bench/score_settings.py)."""
+    rows = json.loads((RESULTS / f"{kind}-settings.json").read_text())
+    settings = _by_setting(rows)
 
     def at(group: list[dict], dataset: str, attack: str, seed: int = 0) -> dict:
         return next((r for r in group if r["attack"] == attack and r["model"].split("-")[1] == dataset
@@ -419,14 +426,11 @@ def repeat_table() -> str:
     change over the grid, and the settings that keep every group within 2 % on every model."""
     rows = json.loads((RESULTS / "decoder-settings-repeat.json").read_text())
     models = {r["model"] for r in rows}
-    settings: dict[tuple, list[dict]] = {}
-    for r in rows:
-        settings.setdefault((tuple(r["families"]), r["top_k"], r["per_head"], tuple(r["coverage"]),
-                             r["length_bands"]), []).append(r)
+    settings = _by_setting(rows)
     passing = {key: min(r["tpr_at_fpr_1pct"] for r in group if r["attack"] == "badnets")
                for key, group in settings.items() if all(_worst_fpr(r)[0] <= 0.02 for r in group)}
     best = sorted(passing.items(), key=lambda kv: -kv[1])[:3]
-    ranked = "; ".join(f"{'+'.join(f)}, top {k}, {'per head, ' if ph else ''}{'+'.join(c)}, bands "
+    ranked = "; ".join(f"{'+'.join(f)}, top {k}, {'per head, ' if ph else ''}{c}, bands "
                        f"{'on' if b else 'off'}: {fmt(tpr)}" for (f, k, ph, c, b), tpr in best)
     return (_settings_by_model(rows, REPEAT_SETTINGS) + "\n\n" + variants_summary(rows, "repeat") + "\n\n"
             + variants_summary(rows, "repeat", ("python", "c", "short")) + "\n\n"
