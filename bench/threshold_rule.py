@@ -1,0 +1,95 @@
+"""Which scores set the threshold: every calibration prompt with its coverage variants, or the
+prompts alone.
+
+    .venv/bin/python bench/threshold_rule.py MODEL_DIR ... [--features DIR] [--out FILE]
+
+`headguard calibrate` fits the anomaly model on the calibration prompts and their coverage
+variants (code appended, prompts joined, part of a prompt said twice) and takes the (1 - target
+FPR) quantile of all their out-of-fold scores as the threshold. The variants score higher than
+the prompts they come from, so they raise the threshold: each lets fewer of its own kind of
+input through, and fewer triggered inputs too. Per model, with its kind's defaults
+(headguard/detect/defaults.py), this compares that rule (`pooled`) with the quantile of the
+prompts' own out-of-fold scores (`prompts`: the variants still shape the fit and, the short ones,
+the bar of short inputs), and that quantile with length bands over every row, variants included
+(`prompts+bands`: a band whose own quantile lies above it has its bar raised to it). It reads
+the features bench/score_settings.py computes (the same --features folder reuses them) and the
+trigger, so it is a harness tool.
+Writes bench/results/threshold-rule.json (rows of models not measured in this run are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from detect_ablation import metrics
+from headguard.detect.calibration import Calibration, _length_bands, _short_band
+from headguard.detect.defaults import score_defaults
+from headguard.detect.features import COLLAPSE_DIRECTION, heads_of, units_of
+from headguard.lab.build import read_manifest
+from headguard.models.task import Task
+from score_settings import cached_features, calibration_set
+
+RULES = ("pooled", "prompts", "prompts+bands")
+
+
+def prompts_rule(cal: Calibration, n_prompts: int, lengths: np.ndarray, band_only: np.ndarray,
+                 bands: bool) -> tuple:
+    """(threshold, band edges, band offsets) with the threshold from the first `n_prompts` rows'
+    out-of-fold scores (the calibration split's) and the bands set against it as `fit` sets them
+    (`bands`: length bands over every row, variants included, whatever the default says)."""
+    threshold = float(np.quantile(cal.clean_scores[:n_prompts], 1 - cal.target_fpr))
+    if bands:
+        edges, offsets = _length_bands(cal.clean_scores, lengths, cal.target_fpr, threshold)
+    elif band_only.any():
+        edges, offsets = _short_band(cal.clean_scores, lengths, lengths[band_only].max() + 0.5, cal.target_fpr,
+                                     threshold)
+    else:
+        edges, offsets = np.zeros(0), np.zeros(0)
+    return threshold, edges, offsets
+
+
+def measure(model: Path, cache: Path | None) -> list[dict]:
+    lab = read_manifest(model)
+    defaults = score_defaults(Task.load(model).kind)
+    feats, names = cached_features(model, lab, cache)
+    cols = np.isin([n.split(":")[0] for n in names], defaults.families)
+    picked = [n for n, c in zip(names, cols, strict=True) if c]
+    x, lengths, band_only = calibration_set(feats, defaults.coverage)
+    cal = Calibration.fit(x[:, cols], lengths, np.array([COLLAPSE_DIRECTION[p.split(":")[0]] for p in picked]),
+                          model_hash="-", layers=sorted({layer for p in picked for layer, _ in heads_of(p)}),
+                          families=list(defaults.families), top_k=defaults.top_k,
+                          units=np.array(units_of(picked)) if defaults.per_head else None,
+                          length_adjust=defaults.length_adjust, length_bands=defaults.length_bands,
+                          coverage=defaults.coverage, band_only=band_only)
+    groups = {g: f for g, f in feats.items() if g != "split" and not g.startswith("coverage:")}
+    rows = []
+    for rule in RULES:
+        if rule != "pooled":
+            cal.threshold, cal.band_edges, cal.band_offsets = prompts_rule(
+                cal, len(feats["split"][1]), lengths, band_only, bands=rule == "prompts+bands" or cal.length_bands)
+        scores = {g: cal.score(f[:, cols], n) for g, (f, n) in groups.items()}
+        rows.append({"model": model.name, "attack": lab["attack"], "rule": rule, "threshold": cal.threshold,
+                     **metrics(scores, cal.threshold),
+                     "fpr_unseen": float((scores["unseen"] > cal.threshold).mean())})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--features", type=Path, help="bench/score_settings.py's features folder")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "threshold-rule.json")
+    args = parser.parse_args()
+    names = {m.name for m in args.models}
+    kept = [r for r in json.loads(args.out.read_text()) if r["model"] not in names] if args.out.exists() else []
+    args.out.write_text(json.dumps(kept + [r for m in args.models for r in measure(m, args.features)], indent=1)
+                        + "\n")
+
+
+if __name__ == "__main__":
+    main()
