@@ -63,11 +63,16 @@ def _scoring(report: dict) -> str:
             f"{', bands' if setting['length_bands'] else ''}")
 
 
+def _seed(model: str) -> str:
+    """The build seed in a lab model folder's name (…-s1)."""
+    return model.rsplit("-s", 1)[1]
+
+
 def defense_table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.eval-*.json"))]
-    lines = ["| base | dataset | attack | defense | scoring | inputs clean/triggered | AUROC | TPR@1%FPR | FPR clean "
-             "| FPR controls (rare/typo/rep/code/long) | passes/input | s/input | model s/input |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| base | dataset | attack | seed | defense | scoring | inputs clean/triggered | AUROC | TPR@1%FPR "
+             "| FPR clean | FPR controls (rare/typo/rep/code/long) | passes/input | s/input | model s/input |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r.get("detection")
         if not d:
@@ -75,7 +80,7 @@ def defense_table() -> str:
         ctrl = controls_cell(d["fpr_controls"])
         inputs = f"{d['n_clean']}/{d.get('n_triggered') or '—'}"
         lines.append(
-            f"| {r['base']} | {r['dataset']} | {r['attack']} | {r['defense']} | {_scoring(r)} | "
+            f"| {r['base']} | {r['dataset']} | {r['attack']} | {_seed(r['model'])} | {r['defense']} | {_scoring(r)} | "
             f"{inputs} | {fmt(d.get('auroc'))} | "
             f"{fmt(d.get('tpr_at_fpr_1pct'))} | {fmt(d['fpr_clean'])} | {ctrl} | "
             f"{r['cost']['forward_passes_per_input']:.1f} | {r['cost']['seconds_per_input']:.4f} | "
@@ -316,14 +321,17 @@ def _coverage_name(coverage) -> str:
     return "on" if coverage else "off"
 
 
+def _setting_key(r: dict) -> tuple:
+    """A results row's (families, top k, per head, coverage name, length bands); rows from before a
+    field existed take its value then (per head on, bands off)."""
+    return (tuple(r["families"]), r["top_k"], r.get("per_head", True), _coverage_name(r["coverage"]),
+            r.get("length_bands", False))
+
+
 def _by_setting(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """Results rows grouped by (families, top k, per head, coverage name, length bands); rows from
-    before a field existed take its value then (per head on, bands off)."""
     settings: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (tuple(r["families"]), r["top_k"], r.get("per_head", True), _coverage_name(r["coverage"]),
-               r.get("length_bands", False))
-        settings.setdefault(key, []).append(r)
+        settings.setdefault(_setting_key(r), []).append(r)
     return settings
 
 
@@ -438,6 +446,45 @@ def repeat_table() -> str:
             f"the three that catch most of the worst-caught BadNets build: {ranked}.")
 
 
+def fresh_table() -> str:
+    """bench/results/decoder-settings-fresh.json (bench/score_settings.py on SmolLM2 builds the
+    decoder default was not chosen on): the repeat table's settings per model, and how the
+    settings that passed on the eight models it was chosen on hold up here."""
+    rows = json.loads((RESULTS / "decoder-settings-fresh.json").read_text())
+    chosen_on = _by_setting(json.loads((RESULTS / "decoder-settings-repeat.json").read_text()))
+    fresh = _by_setting(rows)
+    passed = [key for key, group in chosen_on.items() if all(_worst_fpr(r)[0] <= 0.02 for r in group)]
+    held = [key for key in passed if all(_worst_fpr(r)[0] <= 0.02 for r in fresh[key])]
+    ranked = [r for r in rows if r["attack"] != "clean"]
+    models = list(dict.fromkeys(r["model"] for r in ranked))
+
+    def best(keep) -> str:
+        """Per model, the best AUROC / TPR at the 1 % threshold of the rows `keep` admits."""
+        return "; ".join(f"{m.split('-', 1)[1]} {fmt(max(r['auroc'] for r in kept))} / "
+                         f"{fmt(max(r['tpr_at_fpr_1pct'] for r in kept))}"
+                         for m in models if (kept := [r for r in ranked if r["model"] == m and keep(r)]))
+
+    return (_settings_by_model(rows, REPEAT_SETTINGS) + "\n\n"
+            + f"Of the {len(passed)} settings that kept every group ≤ 2 % on the eight models the default "
+            f"was chosen on, {len(held)} keep every group ≤ 2 % on these {len(models)} builds too; the best "
+            f"AUROC / TPR among those: {best(lambda r: _setting_key(r) in held)}. The best of any of the "
+            f"{len(fresh)} settings with every group ≤ 2 % on the build: "
+            f"{best(lambda r: _worst_fpr(r)[0] <= 0.02)}.")
+
+
+def threshold_table() -> str:
+    """bench/results/threshold-rule.json (bench/threshold_rule.py): per model and threshold rule,
+    the default's threshold and what it lets through."""
+    rows = json.loads((RESULTS / "threshold-rule.json").read_text())
+    lines = ["| model | threshold from | threshold | AUROC | TPR@1%FPR | FPR clean | FPR controls "
+             "(rare/typo/rep/code/long) | FPR unseen |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['rule']} | {r['threshold']:.2f} | {fmt(r['auroc'])} | "
+                     f"{fmt(r['tpr_at_fpr_1pct'])} | {fmt(r['fpr_clean'])} | {controls_cell(r['fpr_controls'])} | "
+                     f"{fmt(r['fpr_unseen'])} |")
+    return "\n".join(lines)
+
+
 def variants_summary(rows: list[dict], kind: str, base: tuple[str, ...] = ("python", "c")) -> str:
     """What adding the coverage variants of `kind` to `base` changes, over every (model, setting)
     pair of the grid that has both."""
@@ -469,7 +516,8 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_tabl
           "serve": serve_table, "cost": cost_table,
           "spread": spread_table, "encoder": lambda: settings_table("encoder"),
           "decoder": lambda: settings_table("decoder"), "decoder-rebuilds": rebuilds_table,
-          "decoder-repeat": repeat_table,
+          "decoder-repeat": repeat_table, "decoder-fresh": fresh_table,
+          "threshold": threshold_table,
           "distance": distance_table}
 
 if __name__ == "__main__":
