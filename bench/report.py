@@ -476,10 +476,13 @@ def threshold_table() -> str:
     """bench/results/threshold-rule.json (bench/threshold_rule.py): per model and threshold rule,
     the default's threshold and what it lets through."""
     rows = json.loads((RESULTS / "threshold-rule.json").read_text())
-    lines = ["| model | threshold from | threshold | AUROC | TPR@1%FPR | FPR clean | FPR controls "
-             "(rare/typo/rep/code/long) | FPR unseen |", "|---|---|---|---|---|---|---|---|"]
+    kinds = list(rows[0]["calibration_sizes"])
+    lines = ["| model | threshold from | threshold | calibration scores over it: " + " / ".join(kinds)
+             + " | AUROC | TPR@1%FPR | FPR clean | FPR controls (rare/typo/rep/code/long) | FPR unseen |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['rule']} | {r['threshold']:.2f} | {fmt(r['auroc'])} | "
+        over = " / ".join(f"{r['calibration_over_threshold'][k]} of {r['calibration_sizes'][k]}" for k in kinds)
+        lines.append(f"| {r['model']} | {r['rule']} | {r['threshold']:.2f} | {over} | {fmt(r['auroc'])} | "
                      f"{fmt(r['tpr_at_fpr_1pct'])} | {fmt(r['fpr_clean'])} | {controls_cell(r['fpr_controls'])} | "
                      f"{fmt(r['fpr_unseen'])} |")
     return "\n".join(lines)

@@ -27,11 +27,12 @@ import numpy as np
 
 from detect_ablation import metrics
 from headguard.detect.calibration import Calibration, _length_bands, _short_band
+from headguard.detect.coverage import REPEAT
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import COLLAPSE_DIRECTION, heads_of, units_of
 from headguard.lab.build import read_manifest
 from headguard.models.task import Task
-from score_settings import cached_features, calibration_set
+from score_settings import _code, _group, cached_features, calibration_set
 
 RULES = ("pooled", "prompts", "prompts+bands")
 
@@ -66,13 +67,24 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
                           length_adjust=defaults.length_adjust, length_bands=defaults.length_bands,
                           coverage=defaults.coverage, band_only=band_only)
     groups = {g: f for g, f in feats.items() if g != "split" and not g.startswith("coverage:")}
+    # The fitted calibration rows, in calibration_set's order (the short variants come last and set a band only).
+    parts = [("prompts", "split")]
+    if _code(defaults.coverage):
+        parts.append(("code and joined", _group(_code(defaults.coverage))))
+    if REPEAT in defaults.coverage:
+        parts.append(("repeat", _group((REPEAT,))))
+    sizes = {kind: len(feats[g][1]) for kind, g in parts}
+    ends = np.cumsum(list(sizes.values()))
     rows = []
     for rule in RULES:
         if rule != "pooled":
             cal.threshold, cal.band_edges, cal.band_offsets = prompts_rule(
                 cal, len(feats["split"][1]), lengths, band_only, bands=rule == "prompts+bands" or cal.length_bands)
         scores = {g: cal.score(f[:, cols], n) for g, (f, n) in groups.items()}
+        over = {kind: int((cal.clean_scores[end - size:end] > cal.threshold).sum())
+                for (kind, size), end in zip(sizes.items(), ends, strict=True)}
         rows.append({"model": model.name, "attack": lab["attack"], "rule": rule, "threshold": cal.threshold,
+                     "calibration_over_threshold": over, "calibration_sizes": sizes,
                      **metrics(scores, cal.threshold),
                      "fpr_unseen": float((scores["unseen"] > cal.threshold).mean())})
         print(json.dumps(rows[-1]), flush=True)
