@@ -76,7 +76,7 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     sizes = {kind: len(feats[g][1]) for kind, g in parts}
     ends = np.cumsum(list(sizes.values()))
     rows = []
-    for rule in RULES:
+    for rule in RULES:  # one fitted model; each rule after the first replaces its threshold and bands
         if rule != "pooled":
             cal.threshold, cal.band_edges, cal.band_offsets = prompts_rule(
                 cal, len(feats["split"][1]), lengths, band_only, bands=rule == "prompts+bands" or cal.length_bands)
