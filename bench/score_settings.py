@@ -144,25 +144,34 @@ def cached_features(model: Path, lab: dict, cache: Path | None) -> tuple[dict, l
     return feats, names
 
 
+def fit_setting(feats: dict, names: list[str], families: tuple[str, ...], top_k: int, per_head: bool,
+                coverage: tuple[str, ...], length_bands: bool,
+                length_adjust: bool = False) -> tuple[Calibration, np.ndarray]:
+    """The calibration of one setting, as `headguard calibrate` fits it, on the features of the
+    split and its coverage variants; and the feature columns it reads."""
+    cols = np.isin([n.split(":")[0] for n in names], families)
+    picked = [n for n, c in zip(names, cols, strict=True) if c]
+    x, n, band_only = calibration_set(feats, coverage)
+    cal = Calibration.fit(x[:, cols], n, np.array([COLLAPSE_DIRECTION[p.split(":")[0]] for p in picked]),
+                          model_hash="-", layers=sorted({layer for p in picked for layer, _ in heads_of(p)}),
+                          families=list(families), top_k=top_k, units=np.array(units_of(picked)) if per_head else None,
+                          length_adjust=length_adjust, coverage=coverage, length_bands=length_bands,
+                          band_only=band_only)
+    return cal, cols
+
+
 def measure(model: Path, cache: Path | None = None) -> list[dict]:
     lab = read_manifest(model)
     settings = grid(Task.load(model).kind)
     feats, names = cached_features(model, lab, cache)
-    family = np.array([n.split(":")[0] for n in names])
     rows = []
     for fams, k, per_head, coverage, bands in settings:
-        cols = np.isin(family, fams)
-        picked = [n for n, c in zip(names, cols, strict=True) if c]
-        x, n, band_only = calibration_set(feats, coverage)
-        layers = sorted({layer for p in picked for layer, _ in heads_of(p)})
-        cal = Calibration.fit(x[:, cols], n, np.array([COLLAPSE_DIRECTION[p.split(":")[0]] for p in picked]),
-                              model_hash="-", layers=layers, families=list(fams), top_k=k,
-                              units=np.array(units_of(picked)) if per_head else None, length_bands=bands,
-                              band_only=band_only)
+        cal, cols = fit_setting(feats, names, fams, k, per_head, coverage, bands)
         scores = {g: cal.score(f[:, cols], m) for g, (f, m) in feats.items()
                   if g != "split" and not g.startswith("coverage:")}
         rows.append({"model": model.name, "attack": lab["attack"], "families": list(fams), "top_k": k,
-                     "per_head": per_head, "coverage": list(coverage), "length_bands": bands, "n_prompts": len(x),
+                     "per_head": per_head, "coverage": list(coverage), "length_bands": bands,
+                     "n_prompts": cal.n_prompts,
                      **metrics(scores, cal.threshold),
                      "fpr_unseen": float((scores["unseen"] > cal.threshold).mean()), "n_unseen": len(scores["unseen"])})
         print(json.dumps(rows[-1]), flush=True)

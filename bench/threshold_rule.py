@@ -26,46 +26,32 @@ from pathlib import Path
 import numpy as np
 
 from detect_ablation import metrics
-from headguard.detect.calibration import Calibration, _length_bands, _short_band
+from headguard.detect.calibration import Calibration, bands
 from headguard.detect.coverage import REPEAT
 from headguard.detect.defaults import score_defaults
-from headguard.detect.features import COLLAPSE_DIRECTION, heads_of, units_of
 from headguard.lab.build import read_manifest
 from headguard.models.task import Task
-from score_settings import _code, _group, cached_features, calibration_set
+from score_settings import _code, _group, cached_features, calibration_set, fit_setting
 
 RULES = ("pooled", "prompts", "prompts+bands")
 
 
 def prompts_rule(cal: Calibration, n_prompts: int, lengths: np.ndarray, band_only: np.ndarray,
-                 bands: bool) -> tuple:
+                 length_bands: bool) -> tuple:
     """(threshold, band edges, band offsets) with the threshold from the first `n_prompts` rows'
     out-of-fold scores (the calibration split's) and the bands set against it as `fit` sets them
-    (`bands`: length bands over every row, variants included, whatever the default says)."""
+    (`length_bands`: over every row, variants included, whatever the default says)."""
     threshold = float(np.quantile(cal.clean_scores[:n_prompts], 1 - cal.target_fpr))
-    if bands:
-        edges, offsets = _length_bands(cal.clean_scores, lengths, cal.target_fpr, threshold)
-    elif band_only.any():
-        edges, offsets = _short_band(cal.clean_scores, lengths, lengths[band_only].max() + 0.5, cal.target_fpr,
-                                     threshold)
-    else:
-        edges, offsets = np.zeros(0), np.zeros(0)
-    return threshold, edges, offsets
+    return (threshold, *bands(cal.clean_scores, lengths, band_only, cal.target_fpr, threshold, length_bands))
 
 
 def measure(model: Path, cache: Path | None) -> list[dict]:
     lab = read_manifest(model)
     defaults = score_defaults(Task.load(model).kind)
     feats, names = cached_features(model, lab, cache)
-    cols = np.isin([n.split(":")[0] for n in names], defaults.families)
-    picked = [n for n, c in zip(names, cols, strict=True) if c]
-    x, lengths, band_only = calibration_set(feats, defaults.coverage)
-    cal = Calibration.fit(x[:, cols], lengths, np.array([COLLAPSE_DIRECTION[p.split(":")[0]] for p in picked]),
-                          model_hash="-", layers=sorted({layer for p in picked for layer, _ in heads_of(p)}),
-                          families=list(defaults.families), top_k=defaults.top_k,
-                          units=np.array(units_of(picked)) if defaults.per_head else None,
-                          length_adjust=defaults.length_adjust, length_bands=defaults.length_bands,
-                          coverage=defaults.coverage, band_only=band_only)
+    cal, cols = fit_setting(feats, names, defaults.families, defaults.top_k, defaults.per_head, defaults.coverage,
+                            defaults.length_bands, defaults.length_adjust)
+    _, lengths, band_only = calibration_set(feats, defaults.coverage)
     groups = {g: f for g, f in feats.items() if g != "split" and not g.startswith("coverage:")}
     # The fitted calibration rows, in calibration_set's order (the short variants come last and set a band only).
     parts = [("prompts", "split")]
@@ -79,7 +65,7 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     for rule in RULES:  # one fitted model; each rule after the first replaces its threshold and bands
         if rule != "pooled":
             cal.threshold, cal.band_edges, cal.band_offsets = prompts_rule(
-                cal, len(feats["split"][1]), lengths, band_only, bands=rule == "prompts+bands" or cal.length_bands)
+                cal, len(feats["split"][1]), lengths, band_only, rule == "prompts+bands" or cal.length_bands)
         scores = {g: cal.score(f[:, cols], n) for g, (f, n) in groups.items()}
         over = {kind: int((cal.clean_scores[end - size:end] > cal.threshold).sum())
                 for (kind, size), end in zip(sizes.items(), ends, strict=True)}

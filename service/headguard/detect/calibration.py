@@ -185,6 +185,17 @@ def _short_band(scores: np.ndarray, lengths: np.ndarray, edge: float, target_fpr
     return np.array([edge]), np.array([max(0.0, float(np.quantile(short, 1 - target_fpr)) - threshold), 0.0])
 
 
+def bands(scores: np.ndarray, lengths: np.ndarray, band_only: np.ndarray, target_fpr: float, threshold: float,
+          length_bands: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(edges, offsets) of the bars set beside `threshold`: the length bands where asked for, else
+    one band of inputs as short as the `band_only` rows (the short variants) where there are any."""
+    if length_bands:
+        return _length_bands(scores, lengths, target_fpr, threshold)
+    if band_only.any():
+        return _short_band(scores, lengths, lengths[band_only].max() + 0.5, target_fpr, threshold)
+    return np.zeros(0), np.zeros(0)
+
+
 def _coverage(saved: str) -> tuple[str, ...]:
     """The coverage field of a file: its variant kinds; format 4 wrote 1 (Python code) or 0 (none)."""
     return {"0": (), "1": ("python",)}.get(saved, tuple(s for s in saved.split(",") if s))
@@ -239,12 +250,7 @@ class Calibration:
         scores = np.empty(len(features))
         scores[fitted] = oof
         scores[band_only] = anomaly.score(features[band_only], lengths[band_only])
-        if length_bands:
-            edges, offsets = _length_bands(scores, lengths, target_fpr, threshold)
-        elif band_only.any():
-            edges, offsets = _short_band(scores, lengths, lengths[band_only].max() + 0.5, target_fpr, threshold)
-        else:
-            edges, offsets = np.zeros(0), np.zeros(0)
+        edges, offsets = bands(scores, lengths, band_only, target_fpr, threshold, length_bands)
         cal = cls(model_hash=model_hash, layers=list(layers), families=list(families), target_fpr=target_fpr,
                   threshold=threshold, anomaly=anomaly, clean_scores=scores, n_prompts=len(features),
                   coverage=tuple(coverage), band_edges=edges, band_offsets=offsets, length_bands=length_bands)
