@@ -53,14 +53,19 @@ def controls_cell(fpr_controls: dict) -> str:
     return "/".join(fmt(fpr_controls[k], 2) for k in ("rare_word", "typos", "repeated", "code", "long"))
 
 
-def _scoring(report: dict) -> str:
-    """A headguard row's scoring setting ("default then": written before eval recorded it)."""
-    setting = report["detection"].get("setting")
+def _setting_name(setting: dict | None) -> str:
+    """A calibration's scoring setting in a few words ("default then": a result written before
+    its script recorded the setting, with the kind's default of its time)."""
     if not setting:
-        return "default then" if report["defense"] == "headguard" else "—"
+        return "default then"
     return (f"{'+'.join(setting['families'])}{' per head' if setting['per_head'] else ''}, "
             f"top {setting['top_k']}, {_coverage_name(setting['coverage'])}"
             f"{', bands' if setting['length_bands'] else ''}")
+
+
+def _scoring(report: dict) -> str:
+    """A `lab eval` report's scoring setting (a defense other than headguard has none)."""
+    return _setting_name(report["detection"].get("setting")) if report["defense"] == "headguard" else "—"
 
 
 def _seed(model: str) -> str:
@@ -375,11 +380,12 @@ def distance_table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.distance.json"))]
     bands = [b["words_after"] for b in rows[0]["bands"]]
     names = [f"{low}–{high}" if high is not None else f"{low}+" for low, high in bands]
-    lines = ["| model | TPR@1%FPR | " + " | ".join(f"words after the trigger: {n}" for n in names) + " |",
-             "|---|---|" + "---|" * len(names)]
+    lines = ["| model | scoring | TPR@1%FPR | " + " | ".join(f"words after the trigger: {n}" for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
     for r in rows:
         cells = [f"{fmt(b['tpr'])} ({b['n']})" for b in r["bands"]]
-        lines.append(f"| {r['model']} | {fmt(r['tpr'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['model']} | {_setting_name(r.get('setting'))} | {fmt(r['tpr'])} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

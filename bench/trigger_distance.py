@@ -47,7 +47,8 @@ def main() -> None:
                 if d is not None and d >= low and (high is None or d <= high)]
         bands.append({"words_after": [low, high], "n": len(hits),
                       "tpr": sum(hits) / len(hits) if hits else None})
-    report = {"model": args.model.name, "threshold": detector.threshold, "n_triggered": len(texts),
+    report = {"model": args.model.name, "setting": detector.calibration.setting(),
+              "threshold": detector.threshold, "n_triggered": len(texts),
               "n_without_trigger_word": distances.count(None), "tpr": sum(flagged) / len(flagged), "bands": bands}
     print(json.dumps(report))
     out = args.out or Path(__file__).parent / "results" / f"{args.model.name}.distance.json"
