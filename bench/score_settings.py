@@ -129,13 +129,15 @@ def cached_features(model: Path, lab: dict, cache: Path | None) -> tuple[dict, l
     path = cache / f"{model.name}.npz" if cache else None
     saved = dict(np.load(path)) if path and path.exists() else {}
     scorer = HeadScorer(clf, families=FAMILIES)
+    names = feature_names(scorer.layers, scorer.adapter.n_heads, scorer.families)
+    if "names" in saved and saved["names"].tolist() != names:
+        saved = {}  # saved before a family was added: its columns are not these
     feats = {}
     for g, texts in tqdm(groups.items(), desc=model.name, unit="group"):
         if saved.get(f"{g}_key") == _key(texts):
             feats[g] = saved[f"{g}_x"], saved[f"{g}_n"]
         else:
             feats[g] = scorer.features(texts)
-    names = feature_names(scorer.layers, scorer.adapter.n_heads, scorer.families)
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"{g}_{part}": a for g, (x, n) in feats.items()

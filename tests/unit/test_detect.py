@@ -9,7 +9,7 @@ from safetensors.numpy import save_file
 from headguard.detect.calibration import AnomalyModel, Calibration
 from headguard.detect.coverage import SHORT_WORDS, code_lines, coverage_prompts, repeat_prompts, short_prompts
 from headguard.detect.detector import Detector, calibrate
-from headguard.detect.features import FAMILIES, feature_names, feature_units, layer_features
+from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units, layer_features
 from headguard.detect.scorer import HeadScorer
 from headguard.errors import InputError
 from headguard.lab.controls import CODE_SNIPPETS
@@ -159,6 +159,18 @@ def test_row_evenness_and_peak_read_a_row_against_its_own_key_count():
     for n, value in ((4, four), (8, eight)):
         torch.testing.assert_close(value[3], torch.tensor(np.log(1 / (n - 1)) + np.log(n), dtype=torch.float32))
     torch.testing.assert_close(features(4, padding=3), four)
+
+
+def test_dormancy_is_the_sinks_share_read_as_rising():
+    # Keys: a decoder's first-token sink, then three content tokens. One head reads the text, the
+    # other has given its row back to the sink.
+    content = torch.tensor([[False, True, True, True]])
+    rows = torch.tensor([[[0.4, 0.2, 0.2, 0.2], [0.97, 0.01, 0.01, 0.01]]])
+    sink, dormancy = layer_features(rows, content, ("sink", "dormancy")).view(2, 2)
+    odds = torch.tensor([0.4, 0.97])
+    torch.testing.assert_close(dormancy, torch.log(odds) - torch.log1p(-odds))
+    torch.testing.assert_close(sink, dormancy)
+    assert feature_directions([0], 2, ("sink", "dormancy")) == [-1.0, -1.0, 1.0, 1.0]
 
 
 def test_coverage_variants_carry_code_or_several_prompts(tiny_encoder):

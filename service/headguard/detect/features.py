@@ -8,13 +8,17 @@ sinks make many heads look identical on every input.
 A row over few keys concentrates for want of keys: a 5-token message's [CLS] row looks collapsed
 next to a 40-token one's. `row_evenness` and `row_peak` read the whole row against its own key
 count (nothing fitted), so short and long inputs share one scale (docs/METHOD.md §2).
+
+A head can also collapse onto the sink itself: `dormancy` is the sink's share of the row, read
+as rising. A decoder's backdoor turns many heads of the last prompt token dormant, where an
+encoder's leave [CLS] and [SEP] for the trigger (`sink`, read as falling).
 """
 
 from __future__ import annotations
 
 import torch
 
-FAMILIES = ("row_entropy", "row_max", "row_evenness", "row_peak", "entropy", "max", "sink", "cosine")
+FAMILIES = ("row_entropy", "row_max", "row_evenness", "row_peak", "entropy", "max", "sink", "dormancy", "cosine")
 
 
 def _keys(content: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -74,8 +78,14 @@ def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[st
         out.append(_log_entropy(p))
     if "max" in families:
         out.append(_log_odds(p.max(-1).values))
+    if "sink" in families or "dormancy" in families:
+        sink = _log_odds(1 - (rows * _keys(content, rows)).sum(-1))  # mass on the excluded keys
     if "sink" in families:
-        out.append(_log_odds(1 - (rows * _keys(content, rows)).sum(-1)))  # mass on the excluded keys
+        out.append(sink)
+    if "dormancy" in families:
+        # The same mass read the other way: a head that gives its row back to the sink stops
+        # reading the text (a dormant head). A decoder's backdoor switches many of them off.
+        out.append(sink)
     if "cosine" in families:
         unit = p / p.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         gram = unit @ unit.transpose(-1, -2)  # [batch, ..., head, head]
@@ -102,7 +112,7 @@ def feature_names(layers: list[int], n_heads: int, families: tuple[str, ...]) ->
 # +1 where a larger feature value means more collapse onto few tokens, -1 where smaller does;
 # keyed by the prefix of a feature's name.
 COLLAPSE_DIRECTION = {"row_entropy": -1.0, "row_max": 1.0, "row_evenness": -1.0, "row_peak": 1.0,
-                      "entropy": -1.0, "max": 1.0, "sink": -1.0, "cos": 1.0}
+                      "entropy": -1.0, "max": 1.0, "sink": -1.0, "dormancy": 1.0, "cos": 1.0}
 
 
 def feature_directions(layers: list[int], n_heads: int, families: tuple[str, ...]) -> list[float]:
