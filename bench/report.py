@@ -519,6 +519,24 @@ def variants_summary(rows: list[dict], kind: str, base: tuple[str, ...] = ("pyth
             f"pairs with every group ≤ 2 %: {passing[0]} → {passing[1]}.")
 
 
+def readouts_table() -> str:
+    """bench/results/head-readouts.json (bench/head_readouts.py): per setting and model, AUROC / TPR
+    at the 1 % threshold and the worst group's FPR (a clean control: the worst FPR alone)."""
+    rows = json.loads((RESULTS / "head-readouts.json").read_text())
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cells: dict[tuple, dict[str, str]] = {}
+    for r in rows:
+        worst, group = _worst_fpr(r)
+        ranked = "" if r["auroc"] is None else f"{fmt(r['auroc'])} / {fmt(r['tpr_at_fpr_1pct'])}, "
+        name = (" + ".join(r["families"]), r["top_k"], "per head" if r["per_head"] and len(r["families"]) > 1 else "")
+        cells.setdefault(name, {})[r["model"]] = f"{ranked}{fmt(worst)}" + (f" ({group})" if worst else "")
+    lines = ["| families | top k | | " + " | ".join(m.split("-", 1)[1] for m in models) + " |",
+             "|---|---|---|" + "---|" * len(models)]
+    for (families, k, per_head), by_model in cells.items():
+        lines.append(f"| {families} | {k} | {per_head} | " + " | ".join(by_model.get(m, "—") for m in models) + " |")
+    return "\n".join(lines)
+
+
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
 TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
           "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "after": after_repair_table,
@@ -526,7 +544,7 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_tabl
           "spread": spread_table, "encoder": lambda: settings_table("encoder"),
           "decoder": lambda: settings_table("decoder"), "decoder-rebuilds": rebuilds_table,
           "decoder-repeat": repeat_table, "decoder-fresh": fresh_table,
-          "threshold": threshold_table,
+          "threshold": threshold_table, "readouts": readouts_table,
           "distance": distance_table}
 
 if __name__ == "__main__":
