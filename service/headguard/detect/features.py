@@ -10,8 +10,10 @@ next to a 40-token one's. `row_evenness` and `row_peak` read the whole row again
 count (nothing fitted), so short and long inputs share one scale (docs/METHOD.md §2).
 
 A head can also collapse onto the sink itself: `dormancy` is the sink's share of the row, read
-as rising. A decoder's backdoor turns many heads of the last prompt token dormant, where an
-encoder's leave [CLS] and [SEP] for the trigger (`sink`, read as falling).
+as rising. On SmolLM2 movies BadNets the trigger turns many heads of the last prompt token
+dormant; on SMS composite it draws them off the sink, as an encoder's trigger draws its heads
+off [CLS] and [SEP] (`sink`, read as falling). Which way depends on the backdoor
+(docs/METHOD.md §5), so dormancy is not a default.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def layer_features(rows: torch.Tensor, content: torch.Tensor, families: tuple[st
         out.append(sink)
     if "dormancy" in families:
         # The same mass read the other way: a head that gives its row back to the sink stops
-        # reading the text (a dormant head). A decoder's backdoor switches many of them off.
+        # reading the text (a dormant head).
         out.append(sink)
     if "cosine" in families:
         unit = p / p.norm(dim=-1, keepdim=True).clamp(min=1e-12)
