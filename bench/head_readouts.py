@@ -35,18 +35,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from detect_ablation import metrics
-from headguard.detect.calibration import Calibration
 from headguard.detect.defaults import score_defaults
-from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names, heads_of, units_of
+from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.build import read_manifest
 from headguard.models.batching import in_input_order, length_batches
 from headguard.models.classifier import Classifier
 from headguard.models.task import Task
-from score_settings import _key, calibration_set, input_groups
+from score_settings import cached_groups, calibration_set, fit_setting, input_groups, write_rows
 
 OUTPUT_FAMILIES = ("out_norm", "write_norm", "vrow_evenness")
 DORMANT_K = (1, 2, 3, 5, 10, 20, 40, 60, 90, 135)  # and every head (SmolLM2 has 270)
@@ -117,28 +115,20 @@ def names_of(scorer: HeadScorer) -> list[str]:
 
 
 def group_features(model: Path, cache: Path | None) -> tuple[dict, list[str]]:
+    """Per group of bench/score_settings.py, (features, content lengths) of every row family and
+    readout, and their names; with a cache folder, kept in CACHE/<model>.readouts.npz."""
     clf = Classifier.from_folder(model)
-    groups = input_groups(model, clf, read_manifest(model))
-    path = cache / f"{model.name}.readouts.npz" if cache else None
-    saved = dict(np.load(path)) if path and path.exists() else {}
     scorer = HeadScorer(clf, families=FAMILIES)
-    names = names_of(scorer)
-    if "names" in saved and saved["names"].tolist() != names:
-        saved = {}  # saved before a family was added: its columns are not these
-    feats = {}
-    for g, texts in tqdm(groups.items(), desc=model.name, unit="group"):
-        if saved.get(f"{g}_key") == _key(texts):
-            feats[g] = saved[f"{g}_x"], saved[f"{g}_n"]
-            continue
+
+    def compute(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         batches = length_batches(texts, scorer.batch_size)
         parts = [batch_features(scorer, clf.encode([texts[i] for i in b], strict=True, ids=b)) for b in batches]
-        feats[g] = (in_input_order(batches, np.concatenate([x for x, _ in parts])),
-                    in_input_order(batches, np.concatenate([n for _, n in parts])))
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, names=np.array(names), **{f"{g}_{part}": a for g, (x, n) in feats.items()
-                          for part, a in (("x", x), ("n", n), ("key", np.array(_key(groups[g]))))})
-    return feats, names
+        return (in_input_order(batches, np.concatenate([x for x, _ in parts])),
+                in_input_order(batches, np.concatenate([n for _, n in parts])))
+
+    names = names_of(scorer)
+    path = cache / f"{model.name}.readouts.npz" if cache else None
+    return cached_groups(path, names, input_groups(model, clf, read_manifest(model)), compute), names
 
 
 def settings(kind: str, n_heads: int) -> list[tuple[tuple[str, ...], int, bool]]:
@@ -163,12 +153,7 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     prefix = np.array([name.split(":")[0] for name in names])
     rows = []
     for families, k, per_head in settings(kind, int((prefix == "dormancy").sum())):
-        cols = np.isin(prefix, families)
-        picked = [name for name, c in zip(names, cols, strict=True) if c]
-        cal = Calibration.fit(x[:, cols], n, np.array([DIRECTION[p.split(":")[0]] for p in picked]), model_hash="-",
-                              layers=sorted({layer for p in picked for layer, _ in heads_of(p)}),
-                              families=list(families), top_k=k, units=np.array(units_of(picked)) if per_head else None,
-                              coverage=coverage, band_only=band_only)
+        cal, cols = fit_setting(feats, names, families, k, per_head, coverage, False, directions=DIRECTION)
         scores = {g: cal.score(f[:, cols], m) for g, (f, m) in feats.items()
                   if g != "split" and not g.startswith("coverage:")}
         rows.append({"model": model.name, "attack": lab["attack"], "families": list(families), "top_k": k,
@@ -188,10 +173,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "head-readouts.json",
                         help="the rows of models not measured in this run are kept")
     args = parser.parse_args()
-    names = {m.name for m in args.models}
-    kept = [r for r in json.loads(args.out.read_text()) if r["model"] not in names] if args.out.exists() else []
-    rows = kept + [row for model in args.models for row in measure(model, args.features)]
-    args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    write_rows(args.out, args.models, lambda model: measure(model, args.features))
 
 
 if __name__ == "__main__":

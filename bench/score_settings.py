@@ -120,41 +120,47 @@ def _key(texts: list[str]) -> str:
     return hashlib.sha256("\0".join(texts).encode()).hexdigest()
 
 
-def cached_features(model: Path, lab: dict, cache: Path | None) -> tuple[dict, list[str]]:
-    """Per group, (features, content lengths) of every family, and the feature names. With a
-    cache folder, kept in CACHE/<model>.npz with each group's texts' hash: a group is computed
-    again only when its texts changed, and new settings can be tried without a forward pass."""
-    clf = Classifier.from_folder(model)
-    groups = input_groups(model, clf, lab)
-    path = cache / f"{model.name}.npz" if cache else None
+def cached_groups(path: Path | None, names: list[str], groups: dict[str, list[str]], compute) -> dict:
+    """Per group, `compute(texts)` -> (features, content lengths). With a path, kept there with
+    each group's texts' hash and the feature names: a group is computed again only when its texts
+    (or the names) changed, and new settings can be tried without a forward pass."""
     saved = dict(np.load(path)) if path and path.exists() else {}
-    scorer = HeadScorer(clf, families=FAMILIES)
-    names = feature_names(scorer.layers, scorer.adapter.n_heads, scorer.families)
     if "names" in saved and saved["names"].tolist() != names:
         saved = {}  # saved before a family was added: its columns are not these
     feats = {}
-    for g, texts in tqdm(groups.items(), desc=model.name, unit="group"):
+    for g, texts in tqdm(groups.items(), desc=path.stem if path else "features", unit="group"):
         if saved.get(f"{g}_key") == _key(texts):
             feats[g] = saved[f"{g}_x"], saved[f"{g}_n"]
         else:
-            feats[g] = scorer.features(texts)
+            feats[g] = compute(texts)
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"{g}_{part}": a for g, (x, n) in feats.items()
                   for part, a in (("x", x), ("n", n), ("key", np.array(_key(groups[g]))))}
         np.savez(path, names=np.array(names), **arrays)
-    return feats, names
+    return feats
+
+
+def cached_features(model: Path, lab: dict, cache: Path | None) -> tuple[dict, list[str]]:
+    """Per group, (features, content lengths) of every family, and the feature names; with a
+    cache folder, kept in CACHE/<model>.npz (`cached_groups`)."""
+    clf = Classifier.from_folder(model)
+    scorer = HeadScorer(clf, families=FAMILIES)
+    names = feature_names(scorer.layers, scorer.adapter.n_heads, scorer.families)
+    path = cache / f"{model.name}.npz" if cache else None
+    return cached_groups(path, names, input_groups(model, clf, lab), scorer.features), names
 
 
 def fit_setting(feats: dict, names: list[str], families: tuple[str, ...], top_k: int, per_head: bool,
-                coverage: tuple[str, ...], length_bands: bool,
-                length_adjust: bool = False) -> tuple[Calibration, np.ndarray]:
+                coverage: tuple[str, ...], length_bands: bool, length_adjust: bool = False,
+                directions: dict[str, float] = COLLAPSE_DIRECTION) -> tuple[Calibration, np.ndarray]:
     """The calibration of one setting, as `headguard calibrate` fits it, on the features of the
-    split and its coverage variants; and the feature columns it reads."""
+    split and its coverage variants; and the feature columns it reads. `directions`: per family
+    (a feature name's prefix), the sign of a collapse."""
     cols = np.isin([n.split(":")[0] for n in names], families)
     picked = [n for n, c in zip(names, cols, strict=True) if c]
     x, n, band_only = calibration_set(feats, coverage)
-    cal = Calibration.fit(x[:, cols], n, np.array([COLLAPSE_DIRECTION[p.split(":")[0]] for p in picked]),
+    cal = Calibration.fit(x[:, cols], n, np.array([directions[p.split(":")[0]] for p in picked]),
                           model_hash="-", layers=sorted({layer for p in picked for layer, _ in heads_of(p)}),
                           families=list(families), top_k=top_k, units=np.array(units_of(picked)) if per_head else None,
                           length_adjust=length_adjust, coverage=coverage, length_bands=length_bands,
@@ -192,10 +198,14 @@ def main() -> None:
     if len(kinds) != 1:
         parser.error(f"the models must be of one kind (encoder or decoder), got {sorted(kinds)}")
     out = args.out or Path(__file__).parent / "results" / f"{kinds.pop()}-settings.json"
-    names = {m.name for m in args.models}
+    write_rows(out, args.models, lambda model: measure(model, args.features))
+
+
+def write_rows(out: Path, models: list[Path], rows_of) -> None:
+    """Writes `rows_of(model)` for every model to `out`, keeping its rows of models not measured now."""
+    names = {m.name for m in models}
     kept = [r for r in json.loads(out.read_text()) if r["model"] not in names] if out.exists() else []
-    rows = kept + [row for model in args.models for row in measure(model, args.features)]
-    out.write_text(json.dumps(rows, indent=1) + "\n")
+    out.write_text(json.dumps(kept + [row for model in models for row in rows_of(model)], indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from headguard.detect.coverage import REPEAT
 from headguard.detect.defaults import score_defaults
 from headguard.lab.build import read_manifest
 from headguard.models.task import Task
-from score_settings import _code, _group, cached_features, calibration_set, fit_setting
+from score_settings import _code, _group, cached_features, calibration_set, fit_setting, write_rows
 
 RULES = ("pooled", "prompts", "prompts+bands")
 
@@ -83,10 +83,7 @@ def main() -> None:
     parser.add_argument("--features", type=Path, help="bench/score_settings.py's features folder")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "threshold-rule.json")
     args = parser.parse_args()
-    names = {m.name for m in args.models}
-    kept = [r for r in json.loads(args.out.read_text()) if r["model"] not in names] if args.out.exists() else []
-    args.out.write_text(json.dumps(kept + [r for m in args.models for r in measure(m, args.features)], indent=1)
-                        + "\n")
+    write_rows(args.out, args.models, lambda model: measure(model, args.features))
 
 
 if __name__ == "__main__":
