@@ -186,6 +186,13 @@ def measure(model: Path, cache: Path | None = None) -> list[dict]:
     return rows
 
 
+def write_rows(out: Path, models: list[Path], rows_of) -> None:
+    """Writes `rows_of(model)` for every model to `out`, keeping its rows of models not measured now."""
+    names = {m.name for m in models}
+    kept = [r for r in json.loads(out.read_text()) if r["model"] not in names] if out.exists() else []
+    out.write_text(json.dumps(kept + [row for model in models for row in rows_of(model)], indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+", type=Path)
@@ -199,13 +206,6 @@ def main() -> None:
         parser.error(f"the models must be of one kind (encoder or decoder), got {sorted(kinds)}")
     out = args.out or Path(__file__).parent / "results" / f"{kinds.pop()}-settings.json"
     write_rows(out, args.models, lambda model: measure(model, args.features))
-
-
-def write_rows(out: Path, models: list[Path], rows_of) -> None:
-    """Writes `rows_of(model)` for every model to `out`, keeping its rows of models not measured now."""
-    names = {m.name for m in models}
-    kept = [r for r in json.loads(out.read_text()) if r["model"] not in names] if out.exists() else []
-    out.write_text(json.dumps(kept + [row for model in models for row in rows_of(model)], indent=1) + "\n")
 
 
 if __name__ == "__main__":
