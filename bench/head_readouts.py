@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detect_ablation import metrics
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names
 from headguard.detect.scorer import HeadScorer
@@ -44,7 +43,8 @@ from headguard.lab.build import read_manifest
 from headguard.models.batching import in_input_order, length_batches
 from headguard.models.classifier import Classifier
 from headguard.models.task import Task
-from score_settings import cached_groups, calibration_set, fit_setting, input_groups, write_rows
+from score_settings import cached_groups, calibration_set, fit_setting, held_out, input_groups, rates, write_rows
+from threshold_rule import prompts_quantile
 
 OUTPUT_FAMILIES = ("out_norm", "write_norm", "vrow_evenness")
 DORMANT_K = (1, 2, 3, 5, 10, 20, 40, 60, 90, 135)  # and every head (SmolLM2 has 270)
@@ -154,14 +154,11 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     rows = []
     for families, k, per_head in settings(kind, int((prefix == "dormancy").sum())):
         cal, cols = fit_setting(feats, names, families, k, per_head, coverage, False, directions=DIRECTION)
-        scores = {g: cal.score(f[:, cols], m) for g, (f, m) in feats.items()
-                  if g != "split" and not g.startswith("coverage:")}
+        scores = {g: cal.score(f[:, cols], m) for g, (f, m) in held_out(feats).items()}
         rows.append({"model": model.name, "attack": lab["attack"], "families": list(families), "top_k": k,
-                     "per_head": per_head, "coverage": list(coverage), **metrics(scores, cal.threshold),
+                     "per_head": per_head, "coverage": list(coverage), **rates(scores, cal.threshold),
                      # how far the variants lift the threshold above the prompts' own 1 % quantile
-                     "threshold": cal.threshold,
-                     "prompts_quantile": float(np.quantile(cal.clean_scores[:n_split], 1 - cal.target_fpr)),
-                     "fpr_unseen": float((scores["unseen"] > cal.threshold).mean())})
+                     "threshold": cal.threshold, "prompts_quantile": prompts_quantile(cal, n_split)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

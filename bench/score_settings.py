@@ -168,6 +168,16 @@ def fit_setting(feats: dict, names: list[str], families: tuple[str, ...], top_k:
     return cal, cols
 
 
+def held_out(feats: dict) -> dict:
+    """The groups a setting is measured on: every group but the calibration split and its variants."""
+    return {g: f for g, f in feats.items() if g != "split" and not g.startswith("coverage:")}
+
+
+def rates(scores: dict, threshold: float) -> dict:
+    """`metrics` of the scored groups, and the share of the traffic mix's clean rows over the threshold."""
+    return {**metrics(scores, threshold), "fpr_unseen": float((scores["unseen"] > threshold).mean())}
+
+
 def measure(model: Path, cache: Path | None = None) -> list[dict]:
     lab = read_manifest(model)
     settings = grid(Task.load(model).kind)
@@ -175,13 +185,11 @@ def measure(model: Path, cache: Path | None = None) -> list[dict]:
     rows = []
     for fams, k, per_head, coverage, bands in settings:
         cal, cols = fit_setting(feats, names, fams, k, per_head, coverage, bands)
-        scores = {g: cal.score(f[:, cols], m) for g, (f, m) in feats.items()
-                  if g != "split" and not g.startswith("coverage:")}
+        scores = {g: cal.score(f[:, cols], m) for g, (f, m) in held_out(feats).items()}
         rows.append({"model": model.name, "attack": lab["attack"], "families": list(fams), "top_k": k,
                      "per_head": per_head, "coverage": list(coverage), "length_bands": bands,
                      "n_prompts": cal.n_prompts,
-                     **metrics(scores, cal.threshold),
-                     "fpr_unseen": float((scores["unseen"] > cal.threshold).mean()), "n_unseen": len(scores["unseen"])})
+                     **rates(scores, cal.threshold), "n_unseen": len(scores["unseen"])})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -25,15 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from detect_ablation import metrics
 from headguard.detect.calibration import Calibration, bands
 from headguard.detect.coverage import REPEAT
 from headguard.detect.defaults import score_defaults
 from headguard.lab.build import read_manifest
 from headguard.models.task import Task
-from score_settings import _code, _group, cached_features, calibration_set, fit_setting, write_rows
+from score_settings import _code, _group, cached_features, calibration_set, fit_setting, held_out, rates, write_rows
 
 RULES = ("pooled", "prompts", "prompts+bands")
+
+
+def prompts_quantile(cal: Calibration, n_prompts: int) -> float:
+    """The (1 - target FPR) quantile of the first `n_prompts` rows' out-of-fold scores (the
+    calibration split's, without its variants)."""
+    return float(np.quantile(cal.clean_scores[:n_prompts], 1 - cal.target_fpr))
 
 
 def prompts_rule(cal: Calibration, n_prompts: int, lengths: np.ndarray, band_only: np.ndarray,
@@ -41,7 +46,7 @@ def prompts_rule(cal: Calibration, n_prompts: int, lengths: np.ndarray, band_onl
     """(threshold, band edges, band offsets) with the threshold from the first `n_prompts` rows'
     out-of-fold scores (the calibration split's) and the bands set against it as `fit` sets them
     (`length_bands`: over every row, variants included, whatever the default says)."""
-    threshold = float(np.quantile(cal.clean_scores[:n_prompts], 1 - cal.target_fpr))
+    threshold = prompts_quantile(cal, n_prompts)
     return (threshold, *bands(cal.clean_scores, lengths, band_only, cal.target_fpr, threshold, length_bands))
 
 
@@ -52,7 +57,7 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     cal, cols = fit_setting(feats, names, defaults.families, defaults.top_k, defaults.per_head, defaults.coverage,
                             defaults.length_bands, defaults.length_adjust)
     _, lengths, band_only = calibration_set(feats, defaults.coverage)
-    groups = {g: f for g, f in feats.items() if g != "split" and not g.startswith("coverage:")}
+    groups = held_out(feats)
     # The fitted calibration rows, in calibration_set's order (the short variants come last and set a band only).
     parts = [("prompts", "split")]
     if _code(defaults.coverage):
@@ -71,8 +76,7 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
                 for (kind, size), end in zip(sizes.items(), ends, strict=True)}
         rows.append({"model": model.name, "attack": lab["attack"], "rule": rule, "threshold": cal.threshold,
                      "calibration_over_threshold": over, "calibration_sizes": sizes,
-                     **metrics(scores, cal.threshold),
-                     "fpr_unseen": float((scores["unseen"] > cal.threshold).mean())})
+                     **rates(scores, cal.threshold)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
