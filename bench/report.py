@@ -2,6 +2,7 @@
 
     python bench/report.py lab        # the lab matrix (lab.json files)
     python bench/report.py defenses   # side-by-side defenses (lab eval --json reports)
+    python bench/report.py versus     # headguard against STRIP and ONION, one row per model
     python bench/report.py ablation   # detection ablations (bench/detect_ablation.py)
     python bench/report.py readout    # reading beyond the score's row (bench/decoder_readout.py, encoder_readout.py)
     python bench/report.py mix        # code and long prompts among the calibration prompts (bench/calibration_mix.py)
@@ -90,6 +91,48 @@ def defense_table() -> str:
             f"{fmt(d.get('tpr_at_fpr_1pct'))} | {fmt(d['fpr_clean'])} | {ctrl} | "
             f"{r['cost']['forward_passes_per_input']:.1f} | {r['cost']['seconds_per_input']:.4f} | "
             f"{r['cost_model']['seconds_per_input']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+BASELINES = ("headguard", "strip", "onion")
+
+
+def _side_by_side(by_defense: dict[str, dict], read) -> str:
+    """One reading of each defense's report, "a / b / c" in BASELINES order ("—" where it did not run)."""
+    return " / ".join(read(by_defense[d]) if d in by_defense else "—" for d in BASELINES)
+
+
+def _worst_group(report: dict) -> str:
+    rate, group = _worst_fpr(report["detection"])
+    return f"{rate:.3f} {group}"
+
+
+def versus_table() -> str:
+    """Per backdoored model that STRIP or ONION ran on: the three defenses' TPR at their 1 % threshold,
+    AUROC, worst FPR and seconds per input side by side, and whether headguard's TPR is the highest."""
+    reports: dict[str, dict[str, dict]] = {}
+    for p in sorted(RESULTS.glob("*.eval-*.json")):
+        r = json.loads(p.read_text())
+        if r.get("detection", {}).get("n_triggered"):
+            reports.setdefault(r["model"], {})[r["defense"]] = r
+    lines = ["| base | dataset | attack | seed | TPR@1%FPR headguard / STRIP / ONION | AUROC "
+             "| worst FPR (clean, controls) | s/input | headguard's TPR highest |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for model, by_defense in reports.items():
+        if len(by_defense) == 1:
+            continue
+        first = next(iter(by_defense.values()))
+        tpr = {d: r["detection"]["tpr_at_fpr_1pct"] for d, r in by_defense.items()}
+        best_baseline = max(v for d, v in tpr.items() if d != "headguard")
+        ours = tpr.get("headguard", -1.0)
+        verdict = "yes" if ours > best_baseline else "tie" if ours == best_baseline else "no"
+        lines.append(
+            f"| {first['base']} | {first['dataset']} | {first['attack']} | {_seed(model)} "
+            f"| {_side_by_side(by_defense, lambda r: fmt(r['detection']['tpr_at_fpr_1pct']))} "
+            f"| {_side_by_side(by_defense, lambda r: fmt(r['detection']['auroc']))} "
+            f"| {_side_by_side(by_defense, _worst_group)} "
+            f"| {_side_by_side(by_defense, lambda r: fmt(r['cost']['seconds_per_input'], 4))} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -538,7 +581,8 @@ def readouts_table() -> str:
 
 
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
-TABLES = {"lab": lab_table, "defenses": defense_table, "ablation": ablation_table, "readout": readout_table,
+TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
+          "ablation": ablation_table, "readout": readout_table,
           "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "after": after_repair_table,
           "serve": serve_table, "cost": cost_table,
           "spread": spread_table, "encoder": lambda: settings_table("encoder"),
