@@ -105,7 +105,7 @@ def _side_by_side(by_defense: dict[str, dict], read) -> str:
 
 def _worst_group(report: dict) -> str:
     rate, group = _worst_fpr(report["detection"])
-    return f"{rate:.3f} {group}"
+    return f"{rate:.3f} {group}" if rate else "0"  # no group above 0: none is the worst
 
 
 def versus_table() -> str:
