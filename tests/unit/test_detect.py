@@ -102,6 +102,34 @@ def test_a_feature_almost_constant_on_clean_prompts_cannot_decide_the_score_alon
     assert raw.score(probe, np.ones(1))[0] > 10 and floored.score(probe, np.ones(1))[0] < 1
 
 
+def test_a_tail_scale_reads_each_head_against_its_own_clean_tail(tmp_path):
+    """With a tail quantile, a head whose clean deviations run far (one that code moves) needs a
+    larger move to score as much as a quiet head; the scale survives the calibration file."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4))
+    x[:20, 0] += 6  # one head's clean tail is heavy
+    direction = np.ones(4)
+    plain = AnomalyModel.fit(x, np.ones(200), direction)
+    tailed = AnomalyModel.fit(x, np.ones(200), direction, tail_quantile=0.95)
+    dev = plain.deviation(x, np.ones(200))
+    tail = np.quantile(dev, 0.95, 0)
+    np.testing.assert_allclose(tailed.tail, np.maximum(tail, 0.5 * np.median(tail)))
+    np.testing.assert_allclose(tailed.deviation(x, np.ones(200)), dev / tailed.tail)
+    heavy, quiet = plain.mean.copy(), plain.mean.copy()
+    heavy[0] += 4 * plain.scale[0]
+    quiet[1] += 4 * plain.scale[1]
+    assert plain.score(heavy[None], np.ones(1))[0] == pytest.approx(plain.score(quiet[None], np.ones(1))[0])
+    assert tailed.score(heavy[None], np.ones(1))[0] < tailed.score(quiet[None], np.ones(1))[0]
+    cal = Calibration.fit(x, np.ones(200), direction, model_hash="h", layers=[0], families=["row_evenness"],
+                          tail_quantile=0.95)
+    cal.save(tmp_path / "cal.safetensors")
+    again = Calibration.load(tmp_path / "cal.safetensors")
+    np.testing.assert_allclose(again.anomaly.tail, cal.anomaly.tail)
+    np.testing.assert_allclose(again.score(x[:5], np.ones(5)), cal.score(x[:5], np.ones(5)))
+    with pytest.raises(InputError, match="tail_quantile"):
+        AnomalyModel.fit(x, np.ones(200), direction, tail_quantile=1.0)
+
+
 def test_a_per_head_score_averages_each_heads_families_before_the_top_k(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 6))

@@ -38,8 +38,8 @@ from sklearn.model_selection import KFold
 
 from headguard.errors import InputError
 
-FORMAT_VERSION = 7  # 2: top_k; 3: length_range; 4: units; 5: coverage names its code sources; 6: length bands;
-# 7: whether length bands were asked for, apart from the short band
+FORMAT_VERSION = 8  # 2: top_k; 3: length_range; 4: units; 5: coverage names its code sources; 6: length bands;
+# 7: whether length bands were asked for, apart from the short band; 8: each unit's tail scale
 # No feature's spread is taken below this share of the median spread: a feature almost constant
 # on the clean prompts (MiniLM's L0H2 heaviest-key share sits at the log-odds clamp on 98 % of
 # them) would otherwise read any movement as thousands of standard deviations, and decide the
@@ -83,11 +83,16 @@ class AnomalyModel:
     # [feature] (collapse): the unit (head) of each feature; a unit's deviations are averaged
     # before the top-k. Empty: every feature is its own unit (files before format 4).
     units: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # [unit] (collapse): each unit's deviation divided by its own clean tail, the `tail_quantile` of
+    # its deviations over the calibration prompts (floored like the spread). Measured and not a
+    # default (docs/METHOD.md §5). Empty: not divided (files before format 8).
+    tail: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def fit(cls, x: np.ndarray, lengths: np.ndarray, direction: np.ndarray, method: str = "collapse",
             n_components: int = 32, length_adjust: bool = False, top_k: int = 1,
-            units: np.ndarray | None = None, spread_floor: float = SPREAD_FLOOR) -> AnomalyModel:
+            units: np.ndarray | None = None, spread_floor: float = SPREAD_FLOOR,
+            tail_quantile: float | None = None) -> AnomalyModel:
         if method not in METHODS:
             raise InputError(f"unknown scoring method {method!r}; choose from {', '.join(METHODS)}")
         units = np.zeros(0) if units is None else np.asarray(units, dtype=np.float64)
@@ -107,6 +112,11 @@ class AnomalyModel:
         model = cls(method, coef, np.median(r, 0), scale, np.asarray(direction, dtype=np.float64),
                     top_k=top_k, length_range=np.array([lengths.min(), lengths.max()], dtype=np.float64),
                     units=units)
+        if tail_quantile is not None and not 0.5 <= tail_quantile < 1:
+            raise InputError(f"tail_quantile must be in [0.5, 1), got {tail_quantile}")
+        if tail_quantile is not None and method == "collapse":
+            tail = np.quantile(model.deviation(x, lengths), tail_quantile, axis=0)
+            model.tail = np.maximum(tail, spread_floor * max(float(np.median(tail)), 1e-6))
         if method == "mahalanobis":
             z = model.standardise(x, lengths)
             dim = max(1, min(n_components, z.shape[0] - 1, z.shape[1]))
@@ -146,7 +156,8 @@ class AnomalyModel:
         if self.method != "collapse":
             return np.abs(z)
         collapse = z * self.direction
-        return collapse @ self._unit_means if self._by_unit else collapse
+        collapse = collapse @ self._unit_means if self._by_unit else collapse
+        return collapse / self.tail if len(self.tail) else collapse
 
     def deviation_features(self) -> np.ndarray:
         """Per column of `deviation`, the index of a feature it is made of (a unit's first)."""
@@ -228,7 +239,7 @@ class Calibration:
             n_components: int = 32, length_adjust: bool = False, top_k: int = 1,
             units: np.ndarray | None = None, spread_floor: float = SPREAD_FLOOR, folds: int = 5,
             seed: int = 0, coverage: tuple[str, ...] = (), length_bands: bool = False,
-            band_only: np.ndarray | None = None) -> Calibration:
+            band_only: np.ndarray | None = None, tail_quantile: float | None = None) -> Calibration:
         """Fits the anomaly model and sets the threshold. Rows marked `band_only` (the short
         variants) are neither fitted on nor counted in the overall threshold: scored by the
         fitted model, they set only the bar of inputs of their length, in the length bands or,
@@ -243,10 +254,11 @@ class Calibration:
         oof = np.empty(len(x))
         for fit_idx, held_idx in KFold(folds, shuffle=True, random_state=seed).split(x):
             model = AnomalyModel.fit(x[fit_idx], n[fit_idx], direction, method, n_components,
-                                     length_adjust, top_k, units, spread_floor)
+                                     length_adjust, top_k, units, spread_floor, tail_quantile)
             oof[held_idx] = model.score(x[held_idx], n[held_idx])
         threshold = float(np.quantile(oof, 1 - target_fpr))
-        anomaly = AnomalyModel.fit(x, n, direction, method, n_components, length_adjust, top_k, units, spread_floor)
+        anomaly = AnomalyModel.fit(x, n, direction, method, n_components, length_adjust, top_k, units, spread_floor,
+                                   tail_quantile)
         scores = np.empty(len(features))
         scores[fitted] = oof
         scores[band_only] = anomaly.score(features[band_only], lengths[band_only])
@@ -282,7 +294,7 @@ class Calibration:
         a = self.anomaly
         tensors = {"length_coef": a.length_coef, "mean": a.mean, "scale": a.scale, "direction": a.direction,
                    "components": a.components, "center": a.center, "precision": a.precision,
-                   "length_range": a.length_range, "units": a.units, "clean_scores": self.clean_scores,
+                   "length_range": a.length_range, "units": a.units, "tail": a.tail, "clean_scores": self.clean_scores,
                    "band_edges": self.band_edges, "band_offsets": self.band_offsets}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -307,8 +319,8 @@ class Calibration:
         if int(meta["version"]) > FORMAT_VERSION:
             raise InputError(f"{path} has calibration format {meta['version']}; this headguard reads {FORMAT_VERSION}")
         fields = ("length_coef", "mean", "scale", "direction", "components", "center", "precision")
-        # Files before format 3 have no length range (no limit), before format 4 no units.
-        extra = {k: tensors[k] for k in ("length_range", "units") if k in tensors}
+        # Files before format 3 have no length range (no limit), before format 4 no units, before 8 no tail.
+        extra = {k: tensors[k] for k in ("length_range", "units", "tail") if k in tensors}
         anomaly = AnomalyModel(meta["method"], *(tensors[k] for k in fields), top_k=int(meta.get("top_k", "1")),
                                **extra)
         return cls(model_hash=meta["model_hash"], layers=json.loads(meta["layers"]),
