@@ -17,6 +17,8 @@
     python bench/report.py decoder-rebuilds  # a few decoder settings on the latest SmolLM2 rebuilds
     python bench/report.py decoder-repeat    # the decoder grid with repeat variants (bench/score_settings.py)
     python bench/report.py distance   # TPR by the trigger's distance from the end (bench/trigger_distance.py)
+    python bench/report.py encoder-tail  # each head read against its own clean tail (bench/tail_scale.py)
+    python bench/report.py decoder-tail  # likewise, on the decoder
 """
 
 from __future__ import annotations
@@ -581,6 +583,26 @@ def readouts_table() -> str:
 
 
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
+def tail_table(kind: str) -> str:
+    """bench/results/<kind>-tail.json (bench/tail_scale.py): the default families of the kind (its
+    first rows), per top k and tail quantile (none: the default's plain deviation) and per model,
+    AUROC / TPR at the 1 % threshold / worst FPR and its group (a clean control: the worst FPR)."""
+    rows = json.loads((RESULTS / f"{kind}-tail.json").read_text())
+    rows = [r for r in rows if r["families"] == rows[0]["families"]]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines = ["| top k | tail quantile | " + " | ".join(m.split("-", 1)[1] for m in models) + " |",
+             "|---|---|" + "---|" * len(models)]
+    for k, tail in dict.fromkeys((r["top_k"], r["tail_quantile"]) for r in rows):
+        cells = []
+        for model in models:
+            r = next(r for r in rows if r["model"] == model and r["top_k"] == k and r["tail_quantile"] == tail)
+            value, group = _worst_fpr(r)
+            ranked = "" if r["attack"] == "clean" else f"{fmt(r['auroc'])} / {fmt(r['tpr_at_fpr_1pct'])} / "
+            cells.append(f"{ranked}{100 * value:.1f} % {group}")
+        lines.append(f"| {k} | {tail if tail is not None else 'none'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "ablation": ablation_table, "readout": readout_table,
           "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "after": after_repair_table,
@@ -589,7 +611,8 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "decoder": lambda: settings_table("decoder"), "decoder-rebuilds": rebuilds_table,
           "decoder-repeat": repeat_table, "decoder-fresh": fresh_table,
           "threshold": threshold_table, "readouts": readouts_table,
-          "distance": distance_table}
+          "distance": distance_table, "encoder-tail": lambda: tail_table("encoder"),
+          "decoder-tail": lambda: tail_table("decoder")}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())

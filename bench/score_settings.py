@@ -153,10 +153,12 @@ def cached_features(model: Path, lab: dict, cache: Path | None) -> tuple[dict, l
 
 def fit_setting(feats: dict, names: list[str], families: tuple[str, ...], top_k: int, per_head: bool,
                 coverage: tuple[str, ...], length_bands: bool, length_adjust: bool = False,
-                directions: dict[str, float] = COLLAPSE_DIRECTION) -> tuple[Calibration, np.ndarray]:
+                directions: dict[str, float] = COLLAPSE_DIRECTION,
+                tail_quantile: float | None = None) -> tuple[Calibration, np.ndarray]:
     """The calibration of one setting, as `headguard calibrate` fits it, on the features of the
     split and its coverage variants; and the feature columns it reads. `directions`: per family
-    (a feature name's prefix), the sign of a collapse."""
+    (a feature name's prefix), the sign of a collapse; `tail_quantile`: each head's deviation
+    divided by that quantile of its clean deviations (none: not)."""
     cols = np.isin([n.split(":")[0] for n in names], families)
     picked = [n for n, c in zip(names, cols, strict=True) if c]
     x, n, band_only = calibration_set(feats, coverage)
@@ -164,7 +166,7 @@ def fit_setting(feats: dict, names: list[str], families: tuple[str, ...], top_k:
                           model_hash="-", layers=sorted({layer for p in picked for layer, _ in heads_of(p)}),
                           families=list(families), top_k=top_k, units=np.array(units_of(picked)) if per_head else None,
                           length_adjust=length_adjust, coverage=coverage, length_bands=length_bands,
-                          band_only=band_only)
+                          band_only=band_only, tail_quantile=tail_quantile)
     return cal, cols
 
 
