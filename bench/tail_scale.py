@@ -9,7 +9,8 @@ threshold. Here each head's deviation is divided by its own `q` quantile over th
 prompts and their variants (floored at half the median head's), so a head counts by how far it
 lies past what clean inputs do to it. Features come from `bench/score_settings.py`'s cache (the
 same groups); each setting is calibrated as `headguard calibrate` does. The default setting's row
-also names the heads that the top of each group moves (`top_heads`). It reads the trigger to
+also gives its threshold, each group's median score and the heads that the top of each group
+moves (`top_heads`). It reads the trigger to
 build the triggered group, so it is a harness tool.
 """
 
@@ -64,7 +65,8 @@ def measure(model: Path, cache: Path) -> list[dict]:
                      "per_head": per_head, "tail_quantile": tail, "coverage": list(defaults.coverage),
                      **rates(scores, cal.threshold)})
         if fams == defaults.families and k == defaults.top_k and tail is None:
-            rows[-1]["top_heads"] = top_heads(cal, cols, names, feats)
+            rows[-1].update(threshold=cal.threshold, median_score={g: float(np.median(v)) for g, v in scores.items()},
+                            top_heads=top_heads(cal, cols, names, feats))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
