@@ -203,6 +203,14 @@ def write_rows(out: Path, models: list[Path], rows_of) -> None:
     out.write_text(json.dumps(kept + [row for model in models for row in rows_of(model)], indent=1) + "\n")
 
 
+def one_kind(parser: argparse.ArgumentParser, models: list[Path]) -> str:
+    """The kind (encoder or decoder) all `models` share; a usage error where they do not."""
+    kinds = {Task.load(m).kind for m in models}
+    if len(kinds) != 1:
+        parser.error(f"the models must be of one kind (encoder or decoder), got {sorted(kinds)}")
+    return kinds.pop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+", type=Path)
@@ -211,10 +219,8 @@ def main() -> None:
     parser.add_argument("--features", type=Path, help="a folder to keep each model's features in (and read them "
                         "from on later runs)")
     args = parser.parse_args()
-    kinds = {Task.load(m).kind for m in args.models}
-    if len(kinds) != 1:
-        parser.error(f"the models must be of one kind (encoder or decoder), got {sorted(kinds)}")
-    out = args.out or Path(__file__).parent / "results" / f"{kinds.pop()}-settings.json"
+    kind = one_kind(parser, args.models)
+    out = args.out or Path(__file__).parent / "results" / f"{kind}-settings.json"
     write_rows(out, args.models, lambda model: measure(model, args.features))
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from headguard.detect.defaults import score_defaults
 from headguard.lab.build import read_manifest
 from headguard.models.task import Task
-from score_settings import cached_features, fit_setting, held_out, rates, write_rows
+from score_settings import cached_features, fit_setting, held_out, one_kind, rates, write_rows
 
 # Beside the default families of each kind (measured first, and shown by `report.py <kind>-tail`).
 OTHER_FAMILIES = {"encoder": [("row_evenness", "row_peak")],
@@ -77,10 +77,8 @@ def main() -> None:
     parser.add_argument("--features", type=Path, required=True, help="score_settings.py's feature cache folder")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    kinds = {Task.load(m).kind for m in args.models}
-    if len(kinds) != 1:
-        parser.error(f"the models must be of one kind (encoder or decoder), got {sorted(kinds)}")
-    out = args.out or Path(__file__).parent / "results" / f"{kinds.pop()}-tail.json"
+    kind = one_kind(parser, args.models)
+    out = args.out or Path(__file__).parent / "results" / f"{kind}-tail.json"
     write_rows(out, args.models, lambda model: measure(model, args.features))
 
 
