@@ -582,7 +582,6 @@ def readouts_table() -> str:
     return "\n".join(lines)
 
 
-# name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
 def tail_table(kind: str) -> str:
     """bench/results/<kind>-tail.json (bench/tail_scale.py): the default families of the kind (its
     first rows), per top k and tail quantile (none: the default's plain deviation) and per model,
@@ -603,6 +602,7 @@ def tail_table(kind: str) -> str:
     return "\n".join(lines)
 
 
+# name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
 TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "ablation": ablation_table, "readout": readout_table,
           "mix": mix_table, "sweep": sweep_table, "repair": repair_table, "after": after_repair_table,

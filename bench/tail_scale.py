@@ -10,8 +10,7 @@ prompts and their variants (floored at half the median head's), so a head counts
 lies past what clean inputs do to it. Features come from `bench/score_settings.py`'s cache (the
 same groups); each setting is calibrated as `headguard calibrate` does. The default setting's row
 also gives its threshold, each group's median score and the heads that the top of each group
-moves (`top_heads`). It reads the trigger to
-build the triggered group, so it is a harness tool.
+moves (`top_heads`). It reads the trigger to build the triggered group, so it is a harness tool.
 """
 
 from __future__ import annotations
@@ -74,7 +73,8 @@ def measure(model: Path, cache: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+", type=Path)
-    parser.add_argument("--features", type=Path, required=True, help="score_settings.py's feature cache folder")
+    parser.add_argument("--features", type=Path, required=True,
+                        help="score_settings.py's feature cache folder (features not there yet are computed and kept)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     kind = one_kind(parser, args.models)
