@@ -116,7 +116,7 @@ class AnomalyModel:
             raise InputError(f"tail_quantile must be in [0.5, 1), got {tail_quantile}")
         if tail_quantile is not None and method == "collapse":
             tail = np.quantile(model.deviation(x, lengths), tail_quantile, axis=0)
-            model.tail = np.maximum(tail, spread_floor * max(float(np.median(tail)), 1e-6))
+            model.tail = np.maximum(tail, max(spread_floor * float(np.median(tail)), 1e-6))  # never 0 or less
         if method == "mahalanobis":
             z = model.standardise(x, lengths)
             dim = max(1, min(n_components, z.shape[0] - 1, z.shape[1]))
