@@ -101,6 +101,8 @@ class AnomalyModel:
         n_units = len(np.unique(units)) if len(units) else x.shape[1]
         if not 1 <= top_k <= n_units:
             raise InputError(f"top_k must be in 1..{n_units} (the number of scored units), got {top_k}")
+        if tail_quantile is not None and not 0.5 <= tail_quantile < 1:
+            raise InputError(f"tail_quantile must be in [0.5, 1), got {tail_quantile}")
         if length_adjust:
             coef, *_ = np.linalg.lstsq(_design(lengths), x, rcond=None)
         else:
@@ -112,8 +114,6 @@ class AnomalyModel:
         model = cls(method, coef, np.median(r, 0), scale, np.asarray(direction, dtype=np.float64),
                     top_k=top_k, length_range=np.array([lengths.min(), lengths.max()], dtype=np.float64),
                     units=units)
-        if tail_quantile is not None and not 0.5 <= tail_quantile < 1:
-            raise InputError(f"tail_quantile must be in [0.5, 1), got {tail_quantile}")
         if tail_quantile is not None and method == "collapse":
             tail = np.quantile(model.deviation(x, lengths), tail_quantile, axis=0)
             model.tail = np.maximum(tail, max(spread_floor * float(np.median(tail)), 1e-6))  # never 0 or less
