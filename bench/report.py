@@ -442,6 +442,14 @@ REBUILD_SETTINGS = [(fams, k, code + short, True) for fams, k, code in
                      (("row_evenness", "row_peak"), 1, ("python", "c"))] for short in ((), ("short",))]
 
 
+def _model_cell(r: dict) -> str:
+    """One setting on one model: AUROC / TPR at the 1 % threshold / worst FPR and its group (a clean
+    control: the worst FPR alone)."""
+    value, group = _worst_fpr(r)
+    ranked = "" if r["attack"] == "clean" else f"{fmt(r['auroc'])} / {fmt(r['tpr_at_fpr_1pct'])} / "
+    return f"{ranked}{100 * value:.1f} % {group}"
+
+
 def _settings_by_model(rows: list[dict], settings: list[tuple]) -> str:
     """Per (families, top k, coverage, length bands) setting, not per head, and per model: AUROC /
     TPR at the 1 % threshold / worst FPR and its group (a clean control: the worst FPR)."""
@@ -453,9 +461,7 @@ def _settings_by_model(rows: list[dict], settings: list[tuple]) -> str:
         for model in models:
             r = next(r for r in rows if r["model"] == model and tuple(r["families"]) == fams and r["top_k"] == k
                      and not r["per_head"] and tuple(r["coverage"]) == coverage and r["length_bands"] == bands)
-            value, group = _worst_fpr(r)
-            ranked = "" if r["attack"] == "clean" else f"{fmt(r['auroc'])} / {fmt(r['tpr_at_fpr_1pct'])} / "
-            cells.append(f"{ranked}{100 * value:.1f} % {group}")
+            cells.append(_model_cell(r))
         lines.append(f"| {'+'.join(fams)} | {k} | {'+'.join(coverage)} | {'on' if bands else 'off'} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -595,9 +601,7 @@ def tail_table(kind: str) -> str:
         cells = []
         for model in models:
             r = next(r for r in rows if r["model"] == model and r["top_k"] == k and r["tail_quantile"] == tail)
-            value, group = _worst_fpr(r)
-            ranked = "" if r["attack"] == "clean" else f"{fmt(r['auroc'])} / {fmt(r['tpr_at_fpr_1pct'])} / "
-            cells.append(f"{ranked}{100 * value:.1f} % {group}")
+            cells.append(_model_cell(r))
         lines.append(f"| {k} | {tail if tail is not None else 'none'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
