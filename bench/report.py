@@ -19,6 +19,8 @@
     python bench/report.py distance   # TPR by the trigger's distance from the end (bench/trigger_distance.py)
     python bench/report.py encoder-tail  # each head read against its own clean tail (bench/tail_scale.py)
     python bench/report.py decoder-tail  # likewise, on the decoder
+    python bench/report.py decoder-length  # the decoder default, length-adjusted or not (bench/length_adjust.py)
+    python bench/report.py encoder-length  # likewise, on the encoder
 """
 
 from __future__ import annotations
@@ -588,22 +590,38 @@ def readouts_table() -> str:
     return "\n".join(lines)
 
 
-def tail_table(kind: str) -> str:
-    """bench/results/<kind>-tail.json (bench/tail_scale.py): the default families of the kind (its
-    first rows), per top k and tail quantile (none: the default's plain deviation) and per model,
-    AUROC / TPR at the 1 % threshold / worst FPR and its group (a clean control: the worst FPR)."""
-    rows = json.loads((RESULTS / f"{kind}-tail.json").read_text())
+def _variants_table(rows: list[dict], keys: dict[str, callable]) -> str:
+    """Rows of one family set, per model and per value of `keys` (column header -> how a row's
+    value reads): AUROC / TPR at the 1 % threshold / worst FPR and its group (a clean control: the
+    worst FPR)."""
     rows = [r for r in rows if r["families"] == rows[0]["families"]]
     models = list(dict.fromkeys(r["model"] for r in rows))
-    lines = ["| top k | tail quantile | " + " | ".join(m.split("-", 1)[1] for m in models) + " |",
-             "|---|---|" + "---|" * len(models)]
-    for k, tail in dict.fromkeys((r["top_k"], r["tail_quantile"]) for r in rows):
-        cells = []
-        for model in models:
-            r = next(r for r in rows if r["model"] == model and r["top_k"] == k and r["tail_quantile"] == tail)
-            cells.append(_model_cell(r))
-        lines.append(f"| {k} | {tail if tail is not None else 'none'} | " + " | ".join(cells) + " |")
+    lines = ["| " + " | ".join(keys) + " | " + " | ".join(m.split("-", 1)[1] for m in models) + " |",
+             "|" + "---|" * (len(keys) + len(models))]
+    values = [tuple(read(r) for read in keys.values()) for r in rows]
+    for value in dict.fromkeys(values):
+        cells = [_model_cell(next(r for r, v in zip(rows, values, strict=True) if r["model"] == model and v == value))
+                 for model in models]
+        lines.append("| " + " | ".join(map(str, value)) + " | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def tail_table(kind: str) -> str:
+    """bench/results/<kind>-tail.json (bench/tail_scale.py): the default families of the kind (its
+    first rows), per top k and tail quantile (none: the default's plain deviation) and per model."""
+    rows = json.loads((RESULTS / f"{kind}-tail.json").read_text())
+    tail = {None: "none"}
+    return _variants_table(rows, {"top k": lambda r: r["top_k"],
+                                  "tail quantile": lambda r: tail.get(r["tail_quantile"], r["tail_quantile"])})
+
+
+def length_table(kind: str) -> str:
+    """bench/results/<kind>-length.json (bench/length_adjust.py): the default of the kind per top k,
+    with and without length adjustment and length bands, per model."""
+    rows = json.loads((RESULTS / f"{kind}-length.json").read_text())
+    on = {True: "on", False: "off"}
+    return _variants_table(rows, {"top k": lambda r: r["top_k"], "length adjustment": lambda r: on[r["length_adjust"]],
+                                  "length bands": lambda r: on[r["length_bands"]]})
 
 
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
@@ -616,7 +634,8 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "decoder-repeat": repeat_table, "decoder-fresh": fresh_table,
           "threshold": threshold_table, "readouts": readouts_table,
           "distance": distance_table, "encoder-tail": lambda: tail_table("encoder"),
-          "decoder-tail": lambda: tail_table("decoder")}
+          "decoder-tail": lambda: tail_table("decoder"), "encoder-length": lambda: length_table("encoder"),
+          "decoder-length": lambda: length_table("decoder")}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())

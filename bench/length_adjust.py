@@ -1,0 +1,60 @@
+"""The default score with and without length adjustment (and length bands), on lab models of one kind.
+
+    .venv/bin/python bench/length_adjust.py MODEL_DIR ... --features DIR [--out bench/results/<kind>-length.json]
+
+The decoder default reads the last prompt token's row against its key count, and its threshold is
+held by the coverage variants: code lines and joined prompts, longer than the calibration
+prompts, whose rows drift with length. Length adjustment (docs/METHOD.md §3 step 1) subtracts
+from every feature a line on log content length fitted over the calibration prompts and their
+variants, held at their shortest and longest length; length bands hold the 1 % quantile within
+each content-length band as well. Here the default's families and coverage are calibrated as
+`headguard calibrate` does, per top k, with and without each. Features come from
+`bench/score_settings.py`'s cache (the same groups). It reads the trigger to build the triggered
+group, so it is a harness tool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+from headguard.detect.defaults import score_defaults
+from headguard.lab.build import read_manifest
+from headguard.models.task import Task
+from score_settings import cached_features, fit_setting, held_out, one_kind, rates, write_rows
+
+TOP_K = (1, 2, 3)
+
+
+def measure(model: Path, cache: Path) -> list[dict]:
+    lab = read_manifest(model)
+    defaults = score_defaults(Task.load(model).kind)
+    feats, names = cached_features(model, lab, cache)
+    rows = []
+    for k, adjust, bands in itertools.product(TOP_K, (False, True), (False, True)):
+        cal, cols = fit_setting(feats, names, defaults.families, k, defaults.per_head, defaults.coverage, bands,
+                                length_adjust=adjust)
+        scores = {g: cal.score(f[:, cols], m) for g, (f, m) in held_out(feats).items()}
+        rows.append({"model": model.name, "attack": lab["attack"], "families": list(defaults.families), "top_k": k,
+                     "per_head": defaults.per_head, "coverage": list(defaults.coverage), "length_adjust": adjust,
+                     "length_bands": bands, "threshold": cal.threshold, **rates(scores, cal.threshold)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--features", type=Path, required=True,
+                        help="score_settings.py's feature cache folder (features not there yet are computed and kept)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    kind = one_kind(parser, args.models)
+    out = args.out or Path(__file__).parent / "results" / f"{kind}-length.json"
+    write_rows(out, args.models, lambda model: measure(model, args.features))
+
+
+if __name__ == "__main__":
+    main()
