@@ -34,7 +34,7 @@ from score_settings import cached_features, fit_setting, held_out, one_kind, rat
 TOP_K = (1, 2, 3)
 
 
-def code_over(texts: list[str], scores: np.ndarray, threshold: float) -> dict[str, float]:
+def code_over(texts: list[str], scores: np.ndarray, threshold: float) -> dict[str, float | None]:
     """Per snippet of the code control, the share of the inputs carrying it that cross the threshold."""
     over = {}
     for snippet in CODE_SNIPPETS:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -590,7 +591,7 @@ def readouts_table() -> str:
     return "\n".join(lines)
 
 
-def _variants_table(rows: list[dict], keys: dict[str, callable]) -> str:
+def _variants_table(rows: list[dict], keys: dict[str, Callable[[dict], object]]) -> str:
     """Rows of one family set, per model and per value of `keys` (column header -> how a row's
     value reads): AUROC / TPR at the 1 % threshold / worst FPR and its group (a clean control: the
     worst FPR)."""
