@@ -16,7 +16,6 @@ trigger to build the triggered group, so it is a harness tool.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from pathlib import Path
@@ -29,7 +28,7 @@ from headguard.lab.build import read_manifest
 from headguard.lab.controls import CODE_SNIPPETS
 from headguard.lab.splits import read_split
 from headguard.models.task import Task
-from score_settings import cached_features, fit_setting, held_out, one_kind, rates, write_rows
+from score_settings import cached_features, fit_setting, held_out, main_on_cached_features, rates
 
 TOP_K = (1, 2, 3)
 
@@ -62,17 +61,5 @@ def measure(model: Path, cache: Path) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("models", nargs="+", type=Path)
-    parser.add_argument("--features", type=Path, required=True,
-                        help="score_settings.py's feature cache folder (features not there yet are computed and kept)")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    kind = one_kind(parser, args.models)
-    out = args.out or Path(__file__).parent / "results" / f"{kind}-length.json"
-    write_rows(out, args.models, lambda model: measure(model, args.features))
-
-
 if __name__ == "__main__":
-    main()
+    main_on_cached_features("length", measure)

@@ -211,6 +211,19 @@ def one_kind(parser: argparse.ArgumentParser, models: list[Path]) -> str:
     return kinds.pop()
 
 
+def main_on_cached_features(suffix: str, measure) -> None:
+    """The command line of a bench that measures settings on cached features: MODEL_DIR ...
+    --features DIR [--out bench/results/<kind>-<suffix>.json]; `measure(model, cache)` -> rows."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--features", type=Path, required=True,
+                        help="score_settings.py's feature cache folder (features not there yet are computed and kept)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    kind = one_kind(parser, args.models)
+    out = args.out or Path(__file__).parent / "results" / f"{kind}-{suffix}.json"
+    write_rows(out, args.models, lambda model: measure(model, args.features))
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+", type=Path)

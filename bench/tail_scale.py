@@ -15,7 +15,6 @@ moves (`top_heads`). It reads the trigger to build the triggered group, so it is
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from collections import Counter
@@ -26,7 +25,7 @@ import numpy as np
 from headguard.detect.defaults import score_defaults
 from headguard.lab.build import read_manifest
 from headguard.models.task import Task
-from score_settings import cached_features, fit_setting, held_out, one_kind, rates, write_rows
+from score_settings import cached_features, fit_setting, held_out, main_on_cached_features, rates
 
 # Beside the default families of each kind (measured first, and shown by `report.py <kind>-tail`).
 OTHER_FAMILIES = {"encoder": [("row_evenness", "row_peak")],
@@ -70,17 +69,5 @@ def measure(model: Path, cache: Path) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("models", nargs="+", type=Path)
-    parser.add_argument("--features", type=Path, required=True,
-                        help="score_settings.py's feature cache folder (features not there yet are computed and kept)")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    kind = one_kind(parser, args.models)
-    out = args.out or Path(__file__).parent / "results" / f"{kind}-tail.json"
-    write_rows(out, args.models, lambda model: measure(model, args.features))
-
-
 if __name__ == "__main__":
-    main()
+    main_on_cached_features("tail", measure)
