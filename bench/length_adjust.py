@@ -26,9 +26,8 @@ from detect_ablation import held_out_inputs
 from headguard.detect.defaults import score_defaults
 from headguard.lab.build import read_manifest
 from headguard.lab.controls import CODE_SNIPPETS
-from headguard.lab.splits import read_split
 from headguard.models.task import Task
-from score_settings import cached_features, fit_setting, held_out, main_on_cached_features, rates
+from score_settings import cached_features, fit_setting, held_out, held_out_limit, main_on_cached_features, rates
 
 TOP_K = (1, 2, 3)
 
@@ -46,8 +45,7 @@ def measure(model: Path, cache: Path) -> list[dict]:
     lab = read_manifest(model)
     defaults = score_defaults(Task.load(model).kind)
     feats, names = cached_features(model, lab, cache)
-    limit = len(read_split(model, "test")) if lab["attack"] == "clean" else 200  # as score_settings' groups
-    code_texts = held_out_inputs(model, lab, limit)["code"]
+    code_texts = held_out_inputs(model, lab, held_out_limit(model, lab))["code"]
     rows = []
     for k, adjust, bands in itertools.product(TOP_K, (False, True), (False, True)):
         cal, cols = fit_setting(feats, names, defaults.families, k, defaults.per_head, defaults.coverage, bands,

@@ -77,10 +77,15 @@ def grid(kind: str) -> list[tuple[tuple[str, ...], int, bool, tuple[str, ...], b
             if len(fams) > 1 or ph == per_head[0]]
 
 
+def held_out_limit(model: Path, lab: dict) -> int:
+    """Inputs per held-out group, as `headguard lab eval` scores them: 200, or a clean control
+    model's whole test split (its false-positive rate is the measurement)."""
+    return len(read_split(model, "test")) if lab["attack"] == "clean" else 200
+
 def input_groups(model: Path, clf: Classifier, lab: dict) -> dict[str, list[str]]:
     """The texts of every group: the calibration split, its coverage variants per setting, the
     inputs `headguard lab eval` scores and the traffic mix's clean rows."""
-    limit = len(read_split(model, "test")) if lab["attack"] == "clean" else 200
+    limit = held_out_limit(model, lab)
     split = [ex.text for ex in read_split(model, "calibration")]
     longer = {_code(kinds) for kinds in COVERAGE[clf.task.kind]} - {()}
     variants = {_group(code): coverage_within_context(clf, split, code) for code in sorted(longer)}
