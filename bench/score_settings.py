@@ -35,6 +35,7 @@ import argparse
 import hashlib
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,7 @@ def held_out_limit(model: Path, lab: dict) -> int:
     """Inputs per held-out group, as `headguard lab eval` scores them: 200, or a clean control
     model's whole test split (its false-positive rate is the measurement)."""
     return len(read_split(model, "test")) if lab["attack"] == "clean" else 200
+
 
 def input_groups(model: Path, clf: Classifier, lab: dict) -> dict[str, list[str]]:
     """The texts of every group: the calibration split, its coverage variants per setting, the
@@ -216,7 +218,7 @@ def one_kind(parser: argparse.ArgumentParser, models: list[Path]) -> str:
     return kinds.pop()
 
 
-def main_on_cached_features(suffix: str, measure) -> None:
+def main_on_cached_features(suffix: str, measure: Callable[[Path, Path], list[dict]]) -> None:
     """The command line of a bench that measures settings on cached features: MODEL_DIR ...
     --features DIR [--out bench/results/<kind>-<suffix>.json]; `measure(model, cache)` -> rows."""
     parser = argparse.ArgumentParser()
@@ -228,6 +230,7 @@ def main_on_cached_features(suffix: str, measure) -> None:
     kind = one_kind(parser, args.models)
     out = args.out or Path(__file__).parent / "results" / f"{kind}-{suffix}.json"
     write_rows(out, args.models, lambda model: measure(model, args.features))
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
