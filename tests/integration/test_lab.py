@@ -54,7 +54,7 @@ def test_eval_with_strip_reports_every_field(minilm_badnets, tmp_path):
     assert report["weights_hash"] == weights_hash(Classifier.from_folder(minilm_badnets).model)
     det = report["detection"]
     assert 0 <= det["auroc"] <= 1 and 0 <= det["tpr_at_fpr_1pct"] <= 1
-    assert set(det["fpr_controls"]) == {"rare_word", "typos", "repeated", "code", "long"}
+    assert set(det["fpr_controls"]) == {"rare_word", "typos", "repeated", "code", "long", "other_code"}
     assert det["setting"] is None  # STRIP has no scoring setting to choose
     assert report["cost"]["forward_passes_per_input"] == pytest.approx(11)  # 10 copies + the input
     assert report["cost"]["seconds_per_input"] > report["cost_model"]["seconds_per_input"]

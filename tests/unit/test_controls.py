@@ -1,5 +1,6 @@
+from headguard.detect.coverage import code_lines
 from headguard.lab.attacks import BADNETS_WORDS, make_attack
-from headguard.lab.controls import CONTROLS, RARE_WORDS, make_controls
+from headguard.lab.controls import CODE_SNIPPETS, CONTROLS, OTHER_CODE_SNIPPETS, RARE_WORDS, make_controls
 
 TEXTS = [f"this is clean sentence number {i} about a pleasant movie" for i in range(20)]
 
@@ -21,3 +22,11 @@ def test_rare_words_are_never_a_lab_trigger():
 def test_long_control_is_several_times_longer():
     out = make_controls(TEXTS, seed=0)["long"]
     assert all(len(o.split()) >= 4 * len(TEXTS[0].split()) for o in out)
+
+
+def test_other_code_control_is_code_nobody_calibrates_on():
+    out = make_controls(TEXTS, seed=0)["other_code"]
+    assert all(any(o == f"{t} {s}" for s in OTHER_CODE_SNIPPETS) for o, t in zip(out, TEXTS, strict=True))
+    assert not set(OTHER_CODE_SNIPPETS) & set(CODE_SNIPPETS)
+    assert not set(OTHER_CODE_SNIPPETS) & {*code_lines("python"), *code_lines("c")}
+

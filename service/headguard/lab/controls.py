@@ -16,6 +16,27 @@ CODE_SNIPPETS = (
     "const x = arr.map(v => v * 2);",
     "if (err != nil) { return err }",
 )
+# A second code control, held out from every choice: languages and forms that neither the
+# calibration's code (Python, C headers: detect/coverage.py) nor the first control's snippets
+# carry. Written before any input carrying them was scored; no setting was chosen on them.
+OTHER_CODE_SNIPPETS = (
+    "for (let i = 0; i < items.length; i++) { total += items[i]; }",
+    "if let Some(v) = cache.get(&key) { return v.clone(); }",
+    "try { conn.close(); } catch (IOException e) { log.warn(e); }",
+    "guard let url = URL(string: path) else { return nil }",
+    'foreach ($rows as $row) { echo $row["name"]; }',
+    "users.each { |u| puts u.email }",
+    'for f in *.log; do gzip "$f"; done',
+    "while (n > 0) { sum += n % 10; n /= 10; }",
+    "fun square(x: Int): Int { return x * x }",
+    "UPDATE orders SET status = 'shipped' WHERE id = 42;",
+    "map (\\x -> x * 2) [1..10]",
+    '<button onclick="save()">Save</button>',
+    'df.groupby("city")["price"].mean().sort_values()',
+    "std::vector<int> v{1, 2, 3};",
+    "if err := db.Ping(); err != nil { log.Fatal(err) }",
+    'match x { 0 => "zero", _ => "many" }',
+)
 
 
 def rare_word(text: str, rng: random.Random, pool: list[str]) -> str:
@@ -44,6 +65,10 @@ def code(text: str, rng: random.Random, pool: list[str]) -> str:
     return f"{text} {rng.choice(CODE_SNIPPETS)}"
 
 
+def other_code(text: str, rng: random.Random, pool: list[str]) -> str:
+    return f"{text} {rng.choice(OTHER_CODE_SNIPPETS)}"
+
+
 def long_input(text: str, rng: random.Random, pool: list[str]) -> str:
     """The text followed by three other clean texts: four times the usual length."""
     return " ".join([text, *rng.sample(pool, 3)])
@@ -55,6 +80,7 @@ CONTROLS: dict[str, Callable[[str, random.Random, list[str]], str]] = {
     "repeated": repeated,
     "code": code,
     "long": long_input,
+    "other_code": other_code,  # last: the draws of the controls before it stay as they were
 }
 
 
