@@ -12,7 +12,7 @@ from headguard.detect.detector import Detector, calibrate
 from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units, layer_features
 from headguard.detect.scorer import HeadScorer
 from headguard.errors import InputError
-from headguard.lab.controls import CODE_SNIPPETS
+from headguard.lab.controls import CODE_SNIPPETS, OTHER_CODE_SNIPPETS
 
 PROMPTS = [f"clean prompt number {i} says {'good ' * (i % 5)}things about {'the film ' * (i % 3)}" for i in range(40)]
 
@@ -228,6 +228,17 @@ def test_each_code_source_adds_its_own_share_of_code_variants():
     assert not any(line.endswith("\\") for line in c_lines)  # no macro bodies cut mid-way
     with pytest.raises(ValueError, match="unknown code source"):
         code_lines("cobol")
+
+
+def test_c_blocks_are_whole_one_line_blocks_no_control_carries():
+    blocks = code_lines("c_blocks")
+    assert blocks and not set(blocks) & {*code_lines("c"), *CODE_SNIPPETS, *OTHER_CODE_SNIPPETS}
+    for block in blocks:
+        assert block.startswith(("if", "else if", "for", "while")) and block.endswith("; }"), block
+        assert block.count("{") == block.count("}") == 1 and block.count("(") == block.count(")"), block
+    with_blocks = coverage_prompts(PROMPTS, kinds=("python", "c", "c_blocks"))
+    assert with_blocks[:20] == coverage_prompts(PROMPTS, kinds=("python", "c"))[:20]  # the other code as it was
+    assert all(any(v == f"{p} {b}" for p in PROMPTS for b in blocks) for v in with_blocks[20:30])
 
 
 def test_short_variants_are_the_first_words_of_a_prompt_and_leave_the_longer_ones_as_they_were():

@@ -11,7 +11,10 @@ quarter as many again with a run of their own words said twice (`repeat_prompts`
 (`short_prompts`), which set the bar only for inputs as short as they are (docs/METHOD.md §3).
 The code comes with the interpreter, so the variants need no lab data: `python` is lines of
 Python's own standard library, `c` lines of the C headers CPython installs beside it
-(brace-and-semicolon syntax, which a decoder's heads read unlike Python's).
+(brace-and-semicolon syntax, which a decoder's heads read unlike Python's), and `c_blocks` the
+same headers' short `if`/`for`/`while` blocks folded onto one line, whole statements with their
+braces closed, as code pasted into a chat message often is (measured, not a default:
+docs/METHOD.md §5).
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import random
+import re
 import sysconfig
 from functools import cache
 from pathlib import Path
 
 SHARE = 0.25  # each kind of variant, as a share of the clean prompts
 SOURCE_MODULES = ("argparse", "textwrap", "shlex", "heapq", "bisect", "fractions", "json.decoder", "string")
-CODE_SOURCES = ("python", "c")
+CODE_SOURCES = ("python", "c", "c_blocks")
 SHORT = "short"  # the variant kind of a prompt's first few words
 REPEAT = "repeat"  # the variant kind of a prompt with a run of its own words said twice
 VARIANT_KINDS = (*CODE_SOURCES, SHORT, REPEAT)
@@ -67,11 +71,31 @@ def _c_lines() -> tuple[str, ...]:
     return tuple(lines)
 
 
+BLOCK_HEAD = re.compile(r"(if|else if|for|while) ?\(.*\) ?\{")  # a header line that opens a block
+
+
+@cache
+def _c_block_lines() -> tuple[str, ...]:
+    """The C headers' blocks of one or two statements, `if (...) {`, the statements and `}` on
+    lines of their own, folded onto one line: `if (b == NULL) { return -1; }`."""
+    blocks = []
+    for header in sorted(Path(sysconfig.get_paths()["include"]).rglob("*.h")):
+        lines = [s.strip() for s in header.read_text(encoding="utf-8", errors="replace").splitlines()]
+        for i, head in enumerate(lines):
+            if not BLOCK_HEAD.fullmatch(head) or "..." in head:
+                continue
+            end = next((j for j in range(i + 1, min(i + 4, len(lines))) if lines[j] == "}"), None)
+            body = lines[i + 1:end] if end else []
+            if body and all(b.endswith(";") and "{" not in b for b in body):
+                blocks.append(" ".join([head, *body, "}"]))
+    return tuple(blocks)
+
+
 def code_lines(source: str = "python") -> tuple[str, ...]:
     """The lines a code variant appends, of one source in CODE_SOURCES."""
     if source not in CODE_SOURCES:
         raise ValueError(f"unknown code source {source!r}; choose from {', '.join(CODE_SOURCES)}")
-    return _python_lines() if source == "python" else _c_lines()
+    return {"python": _python_lines, "c": _c_lines, "c_blocks": _c_block_lines}[source]()
 
 
 def available_sources(kinds: tuple[str, ...]) -> tuple[str, ...]:
