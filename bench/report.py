@@ -21,6 +21,7 @@
     python bench/report.py decoder-tail  # likewise, on the decoder
     python bench/report.py decoder-length  # the decoder default, length-adjusted or not (bench/length_adjust.py)
     python bench/report.py encoder-length  # likewise, on the encoder
+    python bench/report.py decoder-length-rebuilds  # the decoder's, on other rebuilds with the other-code control
 """
 
 from __future__ import annotations
@@ -616,13 +617,17 @@ def tail_table(kind: str) -> str:
                                   "tail quantile": lambda r: tail.get(r["tail_quantile"], r["tail_quantile"])})
 
 
-def length_table(kind: str) -> str:
-    """bench/results/<kind>-length.json (bench/length_adjust.py): the default of the kind per top k,
-    with and without length adjustment and length bands, per model."""
-    rows = json.loads((RESULTS / f"{kind}-length.json").read_text())
+def length_table(name: str) -> str:
+    """bench/results/<name>.json (bench/length_adjust.py): the default of the kind per top k, with
+    and without length adjustment and length bands (and per coverage, where the rows have several),
+    per model."""
+    rows = json.loads((RESULTS / f"{name}.json").read_text())
     on = {True: "on", False: "off"}
-    return _variants_table(rows, {"top k": lambda r: r["top_k"], "length adjustment": lambda r: on[r["length_adjust"]],
-                                  "length bands": lambda r: on[r["length_bands"]]})
+    keys = {"top k": lambda r: r["top_k"], "length adjustment": lambda r: on[r["length_adjust"]],
+            "length bands": lambda r: on[r["length_bands"]]}
+    if len({_coverage_name(r["coverage"]) for r in rows}) > 1:
+        keys = {"coverage": lambda r: _coverage_name(r["coverage"]), **keys}
+    return _variants_table(rows, keys)
 
 
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
@@ -635,8 +640,9 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "decoder-repeat": repeat_table, "decoder-fresh": fresh_table,
           "threshold": threshold_table, "readouts": readouts_table,
           "distance": distance_table, "encoder-tail": lambda: tail_table("encoder"),
-          "decoder-tail": lambda: tail_table("decoder"), "encoder-length": lambda: length_table("encoder"),
-          "decoder-length": lambda: length_table("decoder")}
+          "decoder-tail": lambda: tail_table("decoder"), "encoder-length": lambda: length_table("encoder-length"),
+          "decoder-length": lambda: length_table("decoder-length"),
+          "decoder-length-rebuilds": lambda: length_table("decoder-length-rebuilds")}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())

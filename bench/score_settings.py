@@ -14,9 +14,9 @@ test split holds as much spam as the training split). Each setting is then calib
 with its coverage variants (COVERAGE: Python code, or Python and C code, and either with the
 short variants beside it, which set only the bar of inputs as short as they are; on a decoder,
 Python and C code with the repeat variants, a run of a prompt's words said twice, with and
-without the short ones), with and without
-length bands (the 1 % quantile held within each content-length band of the calibration prompts
-as well: docs/METHOD.md §3). The grid depends on the models' kind (GRIDS):
+without the short ones, and the last with the C headers' one-line blocks, `c_blocks`, beside its
+code), with and without length bands (the 1 % quantile held within each content-length band
+of the calibration prompts as well: docs/METHOD.md §3). The grid depends on the models' kind (GRIDS):
 
 - encoder (the [CLS] row, each head's families averaged): row entropy + row max (the whole row
   as it is), row evenness + row peak (the same against the row's key count), row evenness alone,
@@ -63,7 +63,7 @@ GRIDS = {
 # kind -> the coverage variant kinds of each setting (none: the split alone)
 COVERAGE = {"encoder": ((), ("python",), ("python", "c"), ("python", "short"), ("python", "c", "short")),
             "decoder": ((), ("python",), ("python", "c"), ("python", "c", "short"), ("python", "c", "repeat"),
-                        ("python", "c", "short", "repeat"))}
+                        ("python", "c", "short", "repeat"), ("python", "c", "c_blocks", "short", "repeat"))}
 
 
 LENGTH_BANDS = (False, True)
