@@ -22,6 +22,7 @@
     python bench/report.py decoder-length  # the decoder default, length-adjusted or not (bench/length_adjust.py)
     python bench/report.py encoder-length  # likewise, on the encoder
     python bench/report.py decoder-length-rebuilds  # the decoder's, on other rebuilds with the other-code control
+    python bench/report.py encoder-length-rebuilds  # likewise, on the encoder
 """
 
 from __future__ import annotations
@@ -642,7 +643,8 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "distance": distance_table, "encoder-tail": lambda: tail_table("encoder"),
           "decoder-tail": lambda: tail_table("decoder"), "encoder-length": lambda: length_table("encoder-length"),
           "decoder-length": lambda: length_table("decoder-length"),
-          "decoder-length-rebuilds": lambda: length_table("decoder-length-rebuilds")}
+          "decoder-length-rebuilds": lambda: length_table("decoder-length-rebuilds"),
+          "encoder-length-rebuilds": lambda: length_table("encoder-length-rebuilds")}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())
