@@ -29,4 +29,3 @@ def test_other_code_control_is_code_nobody_calibrates_on():
     assert all(any(o == f"{t} {s}" for s in OTHER_CODE_SNIPPETS) for o, t in zip(out, TEXTS, strict=True))
     assert not set(OTHER_CODE_SNIPPETS) & set(CODE_SNIPPETS)
     assert not set(OTHER_CODE_SNIPPETS) & {*code_lines("python"), *code_lines("c")}
-
