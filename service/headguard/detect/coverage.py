@@ -24,6 +24,7 @@ import logging
 import random
 import re
 import sysconfig
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -57,17 +58,22 @@ def _python_lines() -> tuple[str, ...]:
     return tuple(lines)
 
 
+def _c_headers() -> Iterator[str]:
+    """The text of every C header CPython installs (none without its development headers)."""
+    for header in sorted(Path(sysconfig.get_paths()["include"]).rglob("*.h")):
+        yield header.read_text(encoding="utf-8", errors="replace")
+
+
 @cache
 def _c_lines() -> tuple[str, ...]:
-    include = Path(sysconfig.get_paths()["include"])
     lines = []
-    for header in sorted(include.rglob("*.h")):
-        text = header.read_text(encoding="utf-8", errors="replace")
+    for text in _c_headers():
         lines += [s for s in _statements(text, "#/*", "=(;{") if not s.endswith("\\")]  # not macro bodies
     if not lines:
         # A Python without its development headers (Debian's python3 without python3-dev):
         # the variants fall back on Python code, and the calibration says which sources it used.
-        log.warning("no C headers under %s: coverage variants use Python code only", include)
+        log.warning("no C headers under %s: coverage variants use Python code only",
+                    sysconfig.get_paths()["include"])
     return tuple(lines)
 
 
@@ -79,8 +85,8 @@ def _c_block_lines() -> tuple[str, ...]:
     """The C headers' blocks of one or two statements, `if (...) {`, the statements and `}` on
     lines of their own, folded onto one line: `if (b == NULL) { return -1; }`."""
     blocks = []
-    for header in sorted(Path(sysconfig.get_paths()["include"]).rglob("*.h")):
-        lines = [s.strip() for s in header.read_text(encoding="utf-8", errors="replace").splitlines()]
+    for text in _c_headers():
+        lines = [s.strip() for s in text.splitlines()]
         for i, head in enumerate(lines):
             if not BLOCK_HEAD.fullmatch(head) or "..." in head:
                 continue
