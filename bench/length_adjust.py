@@ -29,7 +29,7 @@ from headguard.detect.defaults import score_defaults
 from headguard.lab.build import read_manifest
 from headguard.lab.controls import CODE_SNIPPETS, OTHER_CODE_SNIPPETS
 from headguard.models.task import Task
-from score_settings import cached_features, fit_setting, held_out, held_out_limit, main_on_cached_features, rates
+from score_settings import bench_main, cached_features, fit_setting, held_out, held_out_limit, rates
 
 TOP_K = (1, 2, 3)
 
@@ -76,4 +76,4 @@ def measure(model: Path, cache: Path) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main_on_cached_features("length", measure)
+    bench_main("length", measure)

@@ -218,32 +218,20 @@ def one_kind(parser: argparse.ArgumentParser, models: list[Path]) -> str:
     return kinds.pop()
 
 
-def main_on_cached_features(suffix: str, measure: Callable[[Path, Path], list[dict]]) -> None:
-    """The command line of a bench that measures settings on cached features: MODEL_DIR ...
-    --features DIR [--out bench/results/<kind>-<suffix>.json]; `measure(model, cache)` -> rows."""
+def bench_main(suffix: str, measure: Callable[[Path, Path | None], list[dict]], features_required: bool = True) -> None:
+    """The command line of a bench that measures settings on lab models of one kind: MODEL_DIR ...
+    [--features DIR] [--out bench/results/<kind>-<suffix>.json]; `measure(model, features)` -> rows."""
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+", type=Path)
-    parser.add_argument("--features", type=Path, required=True,
-                        help="score_settings.py's feature cache folder (features not there yet are computed and kept)")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help=f"default: bench/results/<kind>-{suffix}.json; the rows of "
+                        "models not measured in this run are kept")
+    parser.add_argument("--features", type=Path, required=features_required,
+                        help="a folder to keep each model's features in (and read them from on later runs)")
     args = parser.parse_args()
     kind = one_kind(parser, args.models)
     out = args.out or Path(__file__).parent / "results" / f"{kind}-{suffix}.json"
     write_rows(out, args.models, lambda model: measure(model, args.features))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("models", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, help="default: bench/results/<kind>-settings.json; the rows of "
-                        "models not measured in this run are kept")
-    parser.add_argument("--features", type=Path, help="a folder to keep each model's features in (and read them "
-                        "from on later runs)")
-    args = parser.parse_args()
-    kind = one_kind(parser, args.models)
-    out = args.out or Path(__file__).parent / "results" / f"{kind}-settings.json"
-    write_rows(out, args.models, lambda model: measure(model, args.features))
-
-
 if __name__ == "__main__":
-    main()
+    bench_main("settings", measure, features_required=False)

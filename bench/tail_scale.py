@@ -25,7 +25,7 @@ import numpy as np
 from headguard.detect.defaults import score_defaults
 from headguard.lab.build import read_manifest
 from headguard.models.task import Task
-from score_settings import cached_features, fit_setting, held_out, main_on_cached_features, rates
+from score_settings import bench_main, cached_features, fit_setting, held_out, rates
 
 # Beside the default families of each kind (measured first, and shown by `report.py <kind>-tail`).
 OTHER_FAMILIES = {"encoder": [("row_evenness", "row_peak")],
@@ -70,4 +70,4 @@ def measure(model: Path, cache: Path) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main_on_cached_features("tail", measure)
+    bench_main("tail", measure)
