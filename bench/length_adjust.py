@@ -11,7 +11,9 @@ each content-length band as well. Here the default's families and coverage are c
 `headguard calibrate` does, per top k, with and without each (a decoder's also with the C
 headers' one-line blocks, `c_blocks`, among its code), and each row says which snippets of
 the code control (four) and of the other-code control (sixteen, held out from every choice) cross
-the threshold how often (a Go line did on SMS before the C variants). Features come from
+the threshold how often (a Go line did on SMS before the C variants), and how many inputs
+carrying a third, fresh code set (`fresh_code.py`, written to judge a source chosen on the other
+two) cross, and which. Features come from
 `bench/score_settings.py`'s cache (the same groups). It reads the trigger to build the
 triggered group, so it is a harness tool.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from detect_ablation import held_out_inputs
+from fresh_code import FRESH_CODE_SNIPPETS, fresh_code_inputs
 from headguard.detect.defaults import score_defaults
 from headguard.lab.build import read_manifest
 from headguard.lab.controls import CODE_SNIPPETS, OTHER_CODE_SNIPPETS
@@ -59,6 +62,7 @@ def measure(model: Path, cache: Path) -> list[dict]:
     defaults = score_defaults(kind)
     feats, names = cached_features(model, lab, cache)
     inputs = held_out_inputs(model, lab, held_out_limit(model, lab))
+    fresh = fresh_code_inputs(inputs["clean"])
     rows = []
     for coverage, k, adjust, bands in itertools.product(coverages(defaults.coverage, kind), TOP_K, (False, True),
                                                         (False, True)):
@@ -70,7 +74,9 @@ def measure(model: Path, cache: Path) -> list[dict]:
                      "length_bands": bands, "threshold": cal.threshold, **rates(scores, cal.threshold),
                      "code_over": snippets_over(inputs["code"], scores["code"], cal.threshold, CODE_SNIPPETS),
                      "other_code_over": snippets_over(inputs["other_code"], scores["other_code"], cal.threshold,
-                                                      OTHER_CODE_SNIPPETS)})
+                                                      OTHER_CODE_SNIPPETS),
+                     "fpr_fresh_code": float((scores["fresh_code"] > cal.threshold).mean()),
+                     "fresh_code_over": snippets_over(fresh, scores["fresh_code"], cal.threshold, FRESH_CODE_SNIPPETS)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -9,7 +9,8 @@ a quarter more of 2–4 prompts joined) and the inputs `headguard lab eval` scor
 clean and triggered inputs, 200 of each specificity control; a clean control model's whole test
 split) and the clean rows of the repair's traffic mix (`unseen`: up to 400 dataset rows no split
 used, in the dataset's own class mix: on SMS nearly all ham, short messages included, where the
-test split holds as much spam as the training split). Each setting is then calibrated as
+test split holds as much spam as the training split), and the held-out clean inputs with a
+snippet of a third code set appended (`fresh_code`: `fresh_code.py`). Each setting is then calibrated as
 `headguard calibrate` does (collapse score, out-of-fold 1 % threshold) on the split alone or
 with its coverage variants (COVERAGE: Python code, or Python and C code, and either with the
 short variants beside it, which set only the bar of inputs as short as they are; on a decoder,
@@ -42,8 +43,9 @@ import numpy as np
 from tqdm import tqdm
 
 from detect_ablation import held_out_inputs, metrics
+from fresh_code import fresh_code_inputs
 from headguard.detect.calibration import Calibration
-from headguard.detect.coverage import CODE_SOURCES, REPEAT, SHORT, repeat_prompts
+from headguard.detect.coverage import CODE_SOURCES, REPEAT, SHARED_DRAW, SHORT, code_prompts, repeat_prompts
 from headguard.detect.detector import coverage_within_context, short_within_context
 from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names, heads_of, units_of
 from headguard.detect.scorer import HeadScorer
@@ -89,19 +91,29 @@ def input_groups(model: Path, clf: Classifier, lab: dict) -> dict[str, list[str]
     inputs `headguard lab eval` scores and the traffic mix's clean rows."""
     limit = held_out_limit(model, lab)
     split = [ex.text for ex in read_split(model, "calibration")]
-    longer = {_code(kinds) for kinds in COVERAGE[clf.task.kind]} - {()}
+    longer = {_shared(kinds) for kinds in COVERAGE[clf.task.kind]} - {()}
     variants = {_group(code): coverage_within_context(clf, split, code) for code in sorted(longer)}
+    for source in sorted({s for kinds in COVERAGE[clf.task.kind] for s in _own(kinds)}):
+        # a source on its own draw (coverage_prompts puts it after the joined prompts): the same texts
+        variants[_group((source,))] = [p for p in code_prompts(split, source) if clf.fits(p)]
     if any(SHORT in kinds for kinds in COVERAGE[clf.task.kind]):
         variants[_group((SHORT,))] = short_within_context(clf, split, (SHORT,))
     if any(REPEAT in kinds for kinds in COVERAGE[clf.task.kind]):
         # coverage_prompts draws them apart from the rest and puts them last: the same texts
         variants[_group((REPEAT,))] = [p for p in repeat_prompts(split) if clf.fits(p)]
     unseen = [text for text, carries_trigger in traffic_mix(model) if not carries_trigger]
-    return {"split": split, **variants, **held_out_inputs(model, lab, limit), "unseen": unseen}
+    inputs = held_out_inputs(model, lab, limit)
+    return {"split": split, **variants, **inputs, "unseen": unseen, "fresh_code": fresh_code_inputs(inputs["clean"])}
 
 
-def _code(kinds: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(k for k in kinds if k in CODE_SOURCES)
+def _shared(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """The code sources of `kinds` drawn with the joined prompts (one group of variants)."""
+    return tuple(k for k in kinds if k in SHARED_DRAW)
+
+
+def _own(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """The code sources of `kinds` on draws of their own (a group each)."""
+    return tuple(k for k in kinds if k in CODE_SOURCES and k not in SHARED_DRAW)
 
 
 def _group(code: tuple[str, ...]) -> str:
@@ -112,8 +124,9 @@ def calibration_set(feats: dict, coverage: tuple[str, ...]) -> tuple[np.ndarray,
     """(features, lengths, band_only) of the split with the coverage variants of `coverage`, as
     `headguard calibrate` puts them together: the short variants last, setting only their band."""
     parts = [feats["split"]]
-    if _code(coverage):
-        parts.append(feats[_group(_code(coverage))])
+    if _shared(coverage):
+        parts.append(feats[_group(_shared(coverage))])
+    parts += [feats[_group((source,))] for source in _own(coverage)]
     if REPEAT in coverage:
         parts.append(feats[_group((REPEAT,))])
     n_fitted = sum(len(n) for _, n in parts)

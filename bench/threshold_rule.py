@@ -30,7 +30,7 @@ from headguard.detect.coverage import REPEAT
 from headguard.detect.defaults import score_defaults
 from headguard.lab.build import read_manifest
 from headguard.models.task import Task
-from score_settings import _code, _group, cached_features, calibration_set, fit_setting, held_out, rates, write_rows
+from score_settings import _group, _shared, cached_features, calibration_set, fit_setting, held_out, rates, write_rows
 
 RULES = ("pooled", "prompts", "prompts+bands")
 
@@ -60,8 +60,8 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     groups = held_out(feats)
     # The fitted calibration rows, in calibration_set's order (the short variants come last and set a band only).
     parts = [("prompts", "split")]
-    if _code(defaults.coverage):
-        parts.append(("code and joined", _group(_code(defaults.coverage))))
+    if _shared(defaults.coverage):
+        parts.append(("code and joined", _group(_shared(defaults.coverage))))
     if REPEAT in defaults.coverage:
         parts.append(("repeat", _group((REPEAT,))))
     sizes = {kind: len(feats[g][1]) for kind, g in parts}

@@ -7,7 +7,14 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from headguard.detect.calibration import AnomalyModel, Calibration
-from headguard.detect.coverage import SHORT_WORDS, code_lines, coverage_prompts, repeat_prompts, short_prompts
+from headguard.detect.coverage import (
+    SHORT_WORDS,
+    code_lines,
+    code_prompts,
+    coverage_prompts,
+    repeat_prompts,
+    short_prompts,
+)
 from headguard.detect.detector import Detector, calibrate
 from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units, layer_features
 from headguard.detect.scorer import HeadScorer
@@ -236,9 +243,15 @@ def test_c_blocks_are_whole_one_line_blocks_no_control_carries():
     for block in blocks:
         assert block.startswith(("if", "else if", "for", "while")) and block.endswith("; }"), block
         assert block.count("{") == block.count("}") == 1 and block.count("(") == block.count(")"), block
-    with_blocks = coverage_prompts(PROMPTS, kinds=("python", "c", "c_blocks"))
-    assert with_blocks[:20] == coverage_prompts(PROMPTS, kinds=("python", "c"))[:20]  # the other code as it was
-    assert all(any(v == f"{p} {b}" for p in PROMPTS for b in blocks) for v in with_blocks[20:30])
+    own = code_prompts(PROMPTS, "c_blocks")
+    assert own == code_prompts(PROMPTS, "c_blocks") and len(own) == len(PROMPTS) // 4
+    assert all(any(v == f"{p} {b}" for p in PROMPTS for b in blocks) for v in own)
+    # Its own draw, after the joined prompts: every other variant stays as it was.
+    plain = coverage_prompts(PROMPTS, kinds=("python", "c", "repeat"))
+    with_blocks = coverage_prompts(PROMPTS, kinds=("python", "c", "c_blocks", "repeat"))
+    n_repeats = len(repeat_prompts(PROMPTS))
+    assert with_blocks == plain[:-n_repeats] + own + plain[-n_repeats:]
+    assert code_prompts(PROMPTS[:3], "c_blocks") == []
 
 
 def test_short_variants_are_the_first_words_of_a_prompt_and_leave_the_longer_ones_as_they_were():

@@ -14,7 +14,9 @@ Python's own standard library, `c` lines of the C headers CPython installs besid
 (brace-and-semicolon syntax, which a decoder's heads read unlike Python's), and `c_blocks` the
 same headers' short `if`/`for`/`while` blocks folded onto one line, whole statements with their
 braces closed, as code pasted into a chat message often is (measured, not a default:
-docs/METHOD.md §5).
+docs/METHOD.md §5). `python` and `c` share one seeded draw with the joined prompts (the
+defaults were calibrated on it); every other source draws on its own (`code_prompts`), so adding
+one changes no other variant.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 SHARE = 0.25  # each kind of variant, as a share of the clean prompts
 SOURCE_MODULES = ("argparse", "textwrap", "shlex", "heapq", "bisect", "fractions", "json.decoder", "string")
 CODE_SOURCES = ("python", "c", "c_blocks")
+SHARED_DRAW = ("python", "c")  # the code sources drawn with the joined prompts, on one seeded draw
 SHORT = "short"  # the variant kind of a prompt's first few words
 REPEAT = "repeat"  # the variant kind of a prompt with a run of its own words said twice
 VARIANT_KINDS = (*CODE_SOURCES, SHORT, REPEAT)
@@ -142,19 +145,31 @@ def repeat_prompts(prompts: list[str], seed: int = 0) -> list[str]:
     return variants
 
 
+def code_prompts(prompts: list[str], source: str, seed: int = 0) -> list[str]:
+    """A share of the prompts with a line of `source` appended, on a seeded draw of the source's
+    own (none for fewer than 4 prompts or a source with no lines here)."""
+    lines = code_lines(source)
+    if len(prompts) < 4 or not lines:
+        return []
+    rng = random.Random(f"{seed}:{source}")  # a string seed hashes the same in every process
+    return [f"{text} {rng.choice(lines)}" for text in rng.sample(prompts, max(1, int(SHARE * len(prompts))))]
+
+
 def coverage_prompts(prompts: list[str], seed: int = 0, kinds: tuple[str, ...] = ("python",)) -> list[str]:
     """The longer variants to calibrate on beside `prompts` (none for fewer than 4 prompts): a
-    share of code variants per code source of `kinds` that has lines here, then a share of joined
-    prompts, then with `repeat` the `repeat_prompts`. `short` among `kinds` adds nothing here:
-    its variants are `short_prompts`."""
+    share of code variants per code source of `kinds` that has lines here, `python` and `c`
+    first, then a share of joined prompts (both on one draw), then the other code sources'
+    `code_prompts`, then with `repeat` the `repeat_prompts`. `short` among `kinds` adds nothing
+    here: its variants are `short_prompts`."""
     kinds = available_sources(kinds)
     if len(prompts) < 4:
         return []
     rng = random.Random(seed)
     n = max(1, int(SHARE * len(prompts)))
     variants = []
-    for source in (k for k in kinds if k in CODE_SOURCES):
+    for source in (k for k in kinds if k in SHARED_DRAW):
         lines = code_lines(source)
         variants += [f"{text} {rng.choice(lines)}" for text in rng.sample(prompts, n)]
     joined = [" ".join(rng.sample(prompts, rng.randint(2, 4))) for _ in range(n)]
-    return variants + joined + (repeat_prompts(prompts, seed) if REPEAT in kinds else [])
+    own = [v for k in kinds if k in CODE_SOURCES and k not in SHARED_DRAW for v in code_prompts(prompts, k, seed)]
+    return variants + joined + own + (repeat_prompts(prompts, seed) if REPEAT in kinds else [])
