@@ -39,11 +39,11 @@ TOP_K = (1, 2, 3)
 
 def coverages(default: tuple[str, ...], kind: str) -> list[tuple[str, ...]]:
     """The default's coverage and, on a decoder, the same with the C headers' one-line blocks
-    (`c_blocks`) after its C lines."""
+    (`c_blocks`), the venv's shell lines (`shell`) and both, after its C lines."""
     if kind != "decoder" or "c" not in default:
         return [default]
     at = default.index("c") + 1
-    return [default, (*default[:at], "c_blocks", *default[at:])]
+    return [(*default[:at], *extra, *default[at:]) for extra in ((), ("c_blocks",), ("shell",), ("c_blocks", "shell"))]
 
 
 def snippets_over(texts: list[str], scores: np.ndarray, threshold: float,

@@ -65,7 +65,8 @@ GRIDS = {
 # kind -> the coverage variant kinds of each setting (none: the split alone)
 COVERAGE = {"encoder": ((), ("python",), ("python", "c"), ("python", "short"), ("python", "c", "short")),
             "decoder": ((), ("python",), ("python", "c"), ("python", "c", "short"), ("python", "c", "repeat"),
-                        ("python", "c", "short", "repeat"), ("python", "c", "c_blocks", "short", "repeat"))}
+                        ("python", "c", "short", "repeat"), ("python", "c", "c_blocks", "short", "repeat"),
+                        ("python", "c", "shell", "short", "repeat"))}
 
 
 LENGTH_BANDS = (False, True)

@@ -254,6 +254,15 @@ def test_c_blocks_are_whole_one_line_blocks_no_control_carries():
     assert code_prompts(PROMPTS[:3], "c_blocks") == []
 
 
+def test_shell_lines_come_from_the_venv_scripts_and_draw_on_their_own():
+    shell = code_lines("shell")
+    assert len(shell) > 50 and len(set(shell)) == len(shell)
+    assert not set(shell) & {*code_lines("python"), *code_lines("c"), *CODE_SNIPPETS, *OTHER_CODE_SNIPPETS}
+    assert any("$" in line for line in shell) and not any("://" in line for line in shell)
+    both = coverage_prompts(PROMPTS, kinds=("python", "c", "c_blocks", "shell"))
+    assert both == coverage_prompts(PROMPTS, kinds=("python", "c", "c_blocks")) + code_prompts(PROMPTS, "shell")
+
+
 def test_short_variants_are_the_first_words_of_a_prompt_and_leave_the_longer_ones_as_they_were():
     assert coverage_prompts(PROMPTS, kinds=("python", "short")) == coverage_prompts(PROMPTS)
     short = short_prompts(PROMPTS)

@@ -13,10 +13,11 @@ The code comes with the interpreter, so the variants need no lab data: `python` 
 Python's own standard library, `c` lines of the C headers CPython installs beside it
 (brace-and-semicolon syntax, which a decoder's heads read unlike Python's), and `c_blocks` the
 same headers' short `if`/`for`/`while` blocks folded onto one line, whole statements with their
-braces closed, as code pasted into a chat message often is (measured, not a default:
-docs/METHOD.md §5). `python` and `c` share one seeded draw with the joined prompts (the
-defaults were calibrated on it); every other source draws on its own (`code_prompts`), so adding
-one changes no other variant.
+braces closed, as code pasted into a chat message often is, and `shell` lines of the shell
+scripts `venv` installs (bash, fish, csh, PowerShell: `$` variables, pipes, `test` and `[ ]`);
+the last two measured, not in a default (docs/METHOD.md §5). `python` and `c` share one
+seeded draw with the joined prompts (the defaults were calibrated on it); every other source
+draws on its own (`code_prompts`), so adding one changes no other variant.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 
 SHARE = 0.25  # each kind of variant, as a share of the clean prompts
 SOURCE_MODULES = ("argparse", "textwrap", "shlex", "heapq", "bisect", "fractions", "json.decoder", "string")
-CODE_SOURCES = ("python", "c", "c_blocks")
+CODE_SOURCES = ("python", "c", "c_blocks", "shell")
 SHARED_DRAW = ("python", "c")  # the code sources drawn with the joined prompts, on one seeded draw
 SHORT = "short"  # the variant kind of a prompt's first few words
 REPEAT = "repeat"  # the variant kind of a prompt with a run of its own words said twice
@@ -100,11 +101,22 @@ def _c_block_lines() -> tuple[str, ...]:
     return tuple(blocks)
 
 
+@cache
+def _shell_lines() -> tuple[str, ...]:
+    """Statement lines of the activation scripts `venv` installs: bash, fish, csh and PowerShell."""
+    scripts = Path(importlib.util.find_spec("venv").origin).parent / "scripts"
+    lines = []
+    for script in sorted(p for p in scripts.rglob("*") if p.is_file()):
+        text = script.read_text(encoding="utf-8", errors="replace")
+        lines += [s for s in _statements(text, "#<", "=($;{|[") if "://" not in s]  # not the help links
+    return tuple(dict.fromkeys(lines))  # the posix and fish scripts share lines
+
+
 def code_lines(source: str = "python") -> tuple[str, ...]:
     """The lines a code variant appends, of one source in CODE_SOURCES."""
     if source not in CODE_SOURCES:
         raise ValueError(f"unknown code source {source!r}; choose from {', '.join(CODE_SOURCES)}")
-    return {"python": _python_lines, "c": _c_lines, "c_blocks": _c_block_lines}[source]()
+    return {"python": _python_lines, "c": _c_lines, "c_blocks": _c_block_lines, "shell": _shell_lines}[source]()
 
 
 def available_sources(kinds: tuple[str, ...]) -> tuple[str, ...]:
