@@ -23,6 +23,7 @@
     python bench/report.py encoder-length  # likewise, on the encoder
     python bench/report.py decoder-length-rebuilds  # the decoder's, on other rebuilds with the other-code control
     python bench/report.py encoder-length-rebuilds  # likewise, on the encoder
+    python bench/report.py decoder-code-sources  # the decoder default with each extra code source
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from headguard.detect.defaults import score_defaults
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -631,6 +634,25 @@ def length_table(name: str) -> str:
     return _variants_table(rows, keys)
 
 
+def code_sources_table(name: str = "decoder-code-sources") -> str:
+    """bench/results/<name>.json (bench/length_adjust.py): per model, the default (its top k, no
+    length adjustment or bands) with each extra code source, against the long inputs and the
+    three code sets: the lab's two controls and the fresh one no source was chosen on."""
+    rows = [r for r in json.loads((RESULTS / f"{name}.json").read_text())
+            if not r["length_adjust"] and not r["length_bands"] and r["top_k"] == score_defaults("decoder").top_k]
+    plain = set(score_defaults("decoder").coverage)
+    lines = ["| model | extra code source | AUROC | TPR@1%FPR | worst group | long | code | other code "
+             "| fresh code |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rate, group = _worst_fpr(r)
+        extra = "+".join(c for c in r["coverage"] if c not in plain) or "—"
+        pct = [fmt(100 * v, 1) for v in (r["fpr_controls"]["long"], r["fpr_controls"]["code"],
+                                         r["fpr_controls"]["other_code"], r["fpr_fresh_code"])]
+        lines.append(f"| {r['model'].split('-', 1)[1]} | {extra} | {fmt(r['auroc'])} | {fmt(r['tpr_at_fpr_1pct'])} | "
+                     f"{fmt(100 * rate, 1)} % {group} | " + " | ".join(f"{v} %" for v in pct) + " |")
+    return "\n".join(lines)
+
+
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
 TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "ablation": ablation_table, "readout": readout_table,
@@ -644,7 +666,8 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "decoder-tail": lambda: tail_table("decoder"), "encoder-length": lambda: length_table("encoder-length"),
           "decoder-length": lambda: length_table("decoder-length"),
           "decoder-length-rebuilds": lambda: length_table("decoder-length-rebuilds"),
-          "encoder-length-rebuilds": lambda: length_table("encoder-length-rebuilds")}
+          "encoder-length-rebuilds": lambda: length_table("encoder-length-rebuilds"),
+          "decoder-code-sources": code_sources_table}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())
