@@ -30,8 +30,11 @@ movies and on both SMS builds and 91 % of movies composite, and ranks AddSent be
 SMS BadNets seed 0 and let 2-3 % of repeated messages through on two builds. On three builds it
 was not chosen on, every group stays within 1.5 %, and a second movies BadNets build is caught
 at 80 % (no setting of the grid catches more than 86 % of it with every group within 2 %).
-The `other_code` control, code in languages none of this was chosen with, crosses it at 2.5 % on
-SMS BadNets seed 1, 3 % on movies composite and 2.5 % on the dynamic trigger (docs/METHOD.md §5).
+The `other_code` control, code in languages none of this was chosen with, crosses it at 3.5 % on
+SMS BadNets seed 0, 2.5 % on seed 1, 3 % on movies composite and 2.5 % on the dynamic trigger;
+with `c_blocks` beside its code, on a draw of its own, only movies BadNets seed 0 has a `lab
+eval` group over 2 % (long inputs, 3 %) and a third code set crosses at 2.5 % on composite and
+AddSent, as it does here: a candidate, not yet measured by `lab eval` (docs/METHOD.md §5).
 """
 
 from __future__ import annotations
