@@ -103,13 +103,16 @@ def _c_block_lines() -> tuple[str, ...]:
 
 @cache
 def _shell_lines() -> tuple[str, ...]:
-    """Statement lines of the activation scripts `venv` installs: bash, fish, csh and PowerShell."""
-    scripts = Path(importlib.util.find_spec("venv").origin).parent / "scripts"
+    """Statement lines of the activation scripts `venv` installs: bash, fish, csh and PowerShell
+    (none where the interpreter ships without `venv`)."""
+    spec = importlib.util.find_spec("venv")
+    if spec is None:
+        return ()
     lines = []
-    for script in sorted(p for p in scripts.rglob("*") if p.is_file()):
+    for script in sorted(p for p in (Path(spec.origin).parent / "scripts").rglob("*") if p.is_file()):
         text = script.read_text(encoding="utf-8", errors="replace")
         lines += [s for s in _statements(text, "#<", "=($;{|[") if "://" not in s]  # not the help links
-    return tuple(dict.fromkeys(lines))  # the posix and fish scripts share lines
+    return tuple(dict.fromkeys(lines))  # a line two scripts share, once
 
 
 def code_lines(source: str = "python") -> tuple[str, ...]:
