@@ -45,7 +45,7 @@ from tqdm import tqdm
 from detect_ablation import held_out_inputs, metrics
 from fresh_code import fresh_code_inputs
 from headguard.detect.calibration import Calibration
-from headguard.detect.coverage import CODE_SOURCES, REPEAT, SHARED_DRAW, SHORT, code_prompts, repeat_prompts
+from headguard.detect.coverage import OWN_DRAW, REPEAT, SHARED_DRAW, SHORT, code_prompts, repeat_prompts
 from headguard.detect.detector import coverage_within_context, short_within_context
 from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names, heads_of, units_of
 from headguard.detect.scorer import HeadScorer
@@ -114,7 +114,7 @@ def _shared(kinds: tuple[str, ...]) -> tuple[str, ...]:
 
 def _own(kinds: tuple[str, ...]) -> tuple[str, ...]:
     """The code sources of `kinds` on draws of their own (a group each)."""
-    return tuple(k for k in kinds if k in CODE_SOURCES and k not in SHARED_DRAW)
+    return tuple(k for k in kinds if k in OWN_DRAW)
 
 
 def _group(code: tuple[str, ...]) -> str:

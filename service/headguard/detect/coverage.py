@@ -35,6 +35,7 @@ SHARE = 0.25  # each kind of variant, as a share of the clean prompts
 SOURCE_MODULES = ("argparse", "textwrap", "shlex", "heapq", "bisect", "fractions", "json.decoder", "string")
 CODE_SOURCES = ("python", "c", "c_blocks", "shell")
 SHARED_DRAW = ("python", "c")  # the code sources drawn with the joined prompts, on one seeded draw
+OWN_DRAW = tuple(s for s in CODE_SOURCES if s not in SHARED_DRAW)  # each on a seeded draw of its own
 SHORT = "short"  # the variant kind of a prompt's first few words
 REPEAT = "repeat"  # the variant kind of a prompt with a run of its own words said twice
 VARIANT_KINDS = (*CODE_SOURCES, SHORT, REPEAT)
@@ -186,5 +187,5 @@ def coverage_prompts(prompts: list[str], seed: int = 0, kinds: tuple[str, ...] =
         lines = code_lines(source)
         variants += [f"{text} {rng.choice(lines)}" for text in rng.sample(prompts, n)]
     joined = [" ".join(rng.sample(prompts, rng.randint(2, 4))) for _ in range(n)]
-    own = [v for k in kinds if k in CODE_SOURCES and k not in SHARED_DRAW for v in code_prompts(prompts, k, seed)]
+    own = [v for k in kinds if k in OWN_DRAW for v in code_prompts(prompts, k, seed)]
     return variants + joined + own + (repeat_prompts(prompts, seed) if REPEAT in kinds else [])
