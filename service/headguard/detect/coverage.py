@@ -132,6 +132,16 @@ def available_sources(kinds: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(k for k in kinds if k not in CODE_SOURCES or code_lines(k))
 
 
+def _share_of(prompts: list[str]) -> int:
+    """How many variants of one kind: SHARE of the prompts, at least one."""
+    return max(1, int(SHARE * len(prompts)))
+
+
+def _with_code(rng: random.Random, prompts: list[str], lines: tuple[str, ...]) -> list[str]:
+    """A share of the prompts, drawn with `rng`, each with a line of `lines` appended."""
+    return [f"{text} {rng.choice(lines)}" for text in rng.sample(prompts, _share_of(prompts))]
+
+
 def short_prompts(prompts: list[str], seed: int = 0) -> list[str]:
     """A share of the prompts cut to their first few words (SHORT_WORDS), drawn from those that
     have more (none for fewer than 4 prompts)."""
@@ -140,8 +150,8 @@ def short_prompts(prompts: list[str], seed: int = 0) -> list[str]:
     if len(prompts) < 4 or not cuttable:
         return []
     rng = random.Random(seed)
-    n = max(1, int(SHARE * len(prompts)))
-    return [" ".join(words[:rng.randint(lo, min(hi, len(words) - 1))]) for words in rng.choices(cuttable, k=n)]
+    return [" ".join(words[:rng.randint(lo, min(hi, len(words) - 1))])
+            for words in rng.choices(cuttable, k=_share_of(prompts))]
 
 
 def repeat_prompts(prompts: list[str], seed: int = 0) -> list[str]:
@@ -153,7 +163,7 @@ def repeat_prompts(prompts: list[str], seed: int = 0) -> list[str]:
         return []
     rng = random.Random(seed)
     variants = []
-    for words in rng.choices(worded, k=max(1, int(SHARE * len(prompts)))):
+    for words in rng.choices(worded, k=_share_of(prompts)):
         length = rng.randint((len(words) + 1) // 2, len(words))
         start = rng.randint(0, len(words) - length)
         end = start + length
@@ -168,7 +178,7 @@ def code_prompts(prompts: list[str], source: str, seed: int = 0) -> list[str]:
     if len(prompts) < 4 or not lines:
         return []
     rng = random.Random(f"{seed}:{source}")  # a string seed hashes the same in every process
-    return [f"{text} {rng.choice(lines)}" for text in rng.sample(prompts, max(1, int(SHARE * len(prompts))))]
+    return _with_code(rng, prompts, lines)
 
 
 def coverage_prompts(prompts: list[str], seed: int = 0, kinds: tuple[str, ...] = ("python",)) -> list[str]:
@@ -181,11 +191,7 @@ def coverage_prompts(prompts: list[str], seed: int = 0, kinds: tuple[str, ...] =
     if len(prompts) < 4:
         return []
     rng = random.Random(seed)
-    n = max(1, int(SHARE * len(prompts)))
-    variants = []
-    for source in (k for k in kinds if k in SHARED_DRAW):
-        lines = code_lines(source)
-        variants += [f"{text} {rng.choice(lines)}" for text in rng.sample(prompts, n)]
-    joined = [" ".join(rng.sample(prompts, rng.randint(2, 4))) for _ in range(n)]
+    variants = [v for k in kinds if k in SHARED_DRAW for v in _with_code(rng, prompts, code_lines(k))]
+    joined = [" ".join(rng.sample(prompts, rng.randint(2, 4))) for _ in range(_share_of(prompts))]
     own = [v for k in kinds if k in OWN_DRAW for v in code_prompts(prompts, k, seed)]
     return variants + joined + own + (repeat_prompts(prompts, seed) if REPEAT in kinds else [])
