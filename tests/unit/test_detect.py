@@ -1,11 +1,14 @@
 """The detector's pieces on tiny random models: features, padding, calibration file, errors."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from headguard.api.engine import calibration_cache, load_calibration
 from headguard.detect.calibration import AnomalyModel, Calibration
 from headguard.detect.coverage import (
     SHORT_WORDS,
@@ -15,11 +18,13 @@ from headguard.detect.coverage import (
     repeat_prompts,
     short_prompts,
 )
-from headguard.detect.detector import Detector, calibrate
+from headguard.detect.detector import Detector, calibrate, follows_defaults
 from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units, layer_features
 from headguard.detect.scorer import HeadScorer
 from headguard.errors import InputError
 from headguard.lab.controls import CODE_SNIPPETS, OTHER_CODE_SNIPPETS
+from headguard.lab.splits import SPLITS_DIR
+from headguard.settings import Settings
 
 PROMPTS = [f"clean prompt number {i} says {'good ' * (i % 5)}things about {'the film ' * (i % 3)}" for i in range(40)]
 
@@ -59,7 +64,7 @@ def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
 
 @pytest.mark.parametrize(("fixture", "scoring"), [
     ("tiny_encoder", (["row_entropy", "row_max"], 2, False, True, ("python", "c", "short"), False)),
-    ("tiny_decoder", (["row_evenness"], 2, False, False, ("python", "c", "short", "repeat"), False)),
+    ("tiny_decoder", (["row_evenness"], 2, False, False, ("python", "c", "c_blocks", "short", "repeat"), False)),
 ])
 def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, request, tmp_path):
     def settings(cal: Calibration) -> tuple:
@@ -68,10 +73,14 @@ def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, requ
 
     # Enough prompts (with their coverage variants) for length bands to have two bands or more.
     prompts = [f"{prompt} ({i})" for i in range(3) for prompt in PROMPTS]
-    cal = calibrate(request.getfixturevalue(fixture), prompts)
+    clf = request.getfixturevalue(fixture)
+    cal = calibrate(clf, prompts)
     assert settings(cal) == scoring
     cal.save(tmp_path / "cal.safetensors")
     assert settings(Calibration.load(tmp_path / "cal.safetensors")) == scoring
+    # A fit with other settings (as an earlier release cached it) is told apart, so the service refits it.
+    assert follows_defaults(Calibration.load(tmp_path / "cal.safetensors"), clf.task.kind)
+    assert not follows_defaults(calibrate(clf, prompts, coverage=("python",)), clf.task.kind)
 
 
 def test_a_calibration_set_under_the_recommended_size_is_warned_about(tiny_encoder, caplog):
@@ -473,3 +482,21 @@ def test_bad_inputs_are_clear_errors(tiny_encoder, tmp_path):
     junk.write_bytes(b"\x00\x01 not a calibration")
     with pytest.raises(InputError, match="not a headguard calibration"):
         Calibration.load(junk)
+
+
+def test_the_service_fits_again_a_cached_calibration_made_with_other_settings(tiny_decoder, tmp_path):
+    model = tmp_path / "model"
+    (model / SPLITS_DIR).mkdir(parents=True)
+    prompts = [f"{prompt} ({i})" for i in range(3) for prompt in PROMPTS]
+    (model / SPLITS_DIR / "calibration.jsonl").write_text(
+        "".join(json.dumps({"text": p, "label": 0}) + "\n" for p in prompts), encoding="utf-8")
+    settings = Settings(model=model, state_dir=tmp_path / "state")
+    cached = calibration_cache(settings, "sha256:ab")
+    cached.parent.mkdir(parents=True)
+    calibrate(tiny_decoder, prompts, coverage=("python",), model_hash="sha256:ab").save(cached)
+
+    cal, path = load_calibration(settings, tiny_decoder, "sha256:ab")
+    assert path == cached and follows_defaults(cal, "decoder")
+    assert follows_defaults(Calibration.load(cached), "decoder")  # the stale file was replaced
+    again, _ = load_calibration(settings, tiny_decoder, "sha256:ab")
+    assert again.created == cal.created and again.threshold == cal.threshold  # and is reused from now on

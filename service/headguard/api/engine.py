@@ -19,7 +19,7 @@ from pathlib import Path
 from headguard.api.batcher import MicroBatcher
 from headguard.api.policy import Policy
 from headguard.detect.calibration import Calibration
-from headguard.detect.detector import Detector, Verdict, calibrate
+from headguard.detect.detector import Detector, Verdict, calibrate, follows_defaults
 from headguard.errors import InputError
 from headguard.lab.splits import SPLITS_DIR, read_split
 from headguard.models.classifier import Classifier
@@ -58,7 +58,11 @@ def load_calibration(settings: Settings, clf: Classifier, model_hash: str) -> tu
                          "(make one with `headguard calibrate`)")
     cached = calibration_cache(settings, model_hash)
     if cached.exists():
-        return Calibration.load(cached), cached
+        cal = Calibration.load(cached)
+        if follows_defaults(cal, clf.task.kind):
+            return cal, cached
+        log.warning("the calibration cached at %s was fitted with other settings than this release's "
+                    "defaults; fitting it again", cached)
     prompts = [ex.text for ex in read_split(settings.model, "calibration")]
     log.warning("calibrating on %d clean prompts of %s (once; cached at %s)", len(prompts), settings.model, cached)
     cal = calibrate(clf, prompts, model_hash=model_hash)

@@ -58,7 +58,7 @@ DEFAULTS = {
     "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=2, length_adjust=False, per_head=True,
                              coverage=("python", "c", "short")),
     "decoder": ScoreDefaults(families=("row_evenness",), top_k=2, length_adjust=False,
-                             coverage=("python", "c", "short", "repeat")),
+                             coverage=("python", "c", "c_blocks", "short", "repeat")),
 }
 
 

@@ -38,6 +38,15 @@ class Verdict:
                 "explanation": self.explanation}
 
 
+def follows_defaults(cal: Calibration, kind: str) -> bool:
+    """Whether a calibration was fitted with the scoring defaults of this release for the model's kind
+    (a fit cached by an earlier release may not have been)."""
+    defaults = score_defaults(kind)
+    return (tuple(cal.families) == defaults.families and cal.anomaly.top_k == defaults.top_k
+            and cal.anomaly.length_adjusted == defaults.length_adjust and cal.anomaly.per_head == defaults.per_head
+            and cal.coverage == available_sources(defaults.coverage) and cal.length_bands == defaults.length_bands)
+
+
 def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, layers: list[int] | None = None,
               families: tuple[str, ...] | None = None, method: str = "collapse", n_components: int = 32,
               length_adjust: bool | None = None, top_k: int | None = None, per_head: bool | None = None,
