@@ -148,7 +148,7 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     kind = Task.load(model).kind
     feats, names = group_features(model, cache)
     coverage = tuple(score_defaults(kind).coverage)
-    x, n, band_only = calibration_set(feats, coverage)
+    x, n, band_only, _ = calibration_set(feats, coverage)
     n_split = len(feats["split"][1])  # the prompts come first, their variants after them
     prefix = np.array([name.split(":")[0] for name in names])
     rows = []

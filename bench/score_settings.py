@@ -121,20 +121,24 @@ def _group(code: tuple[str, ...]) -> str:
     return "coverage:" + "+".join(code)
 
 
-def calibration_set(feats: dict, coverage: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features, lengths, band_only) of the split with the coverage variants of `coverage`, as
-    `headguard calibrate` puts them together: the short variants last, setting only their band."""
+def calibration_set(feats: dict, coverage: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(features, lengths, band_only, raise_only) of the split with the coverage variants of
+    `coverage`, as `headguard calibrate` puts them together: the short variants last, setting
+    only their band; the sources on draws of their own may raise the threshold, never lower it."""
     parts = [feats["split"]]
     if _shared(coverage):
         parts.append(feats[_group(_shared(coverage))])
+    n_before_own = sum(len(n) for _, n in parts)
     parts += [feats[_group((source,))] for source in _own(coverage)]
+    n_own = sum(len(n) for _, n in parts) - n_before_own
     if REPEAT in coverage:
         parts.append(feats[_group((REPEAT,))])
     n_fitted = sum(len(n) for _, n in parts)
     if SHORT in coverage:
         parts.append(feats[_group((SHORT,))])
     x, n = np.concatenate([x for x, _ in parts]), np.concatenate([n for _, n in parts])
-    return x, n, np.arange(len(n)) >= n_fitted
+    row = np.arange(len(n))
+    return x, n, row >= n_fitted, (row >= n_before_own) & (row < n_before_own + n_own)
 
 
 def _key(texts: list[str]) -> str:
@@ -182,12 +186,12 @@ def fit_setting(feats: dict, names: list[str], families: tuple[str, ...], top_k:
     divided by that quantile of its clean deviations (none: not)."""
     cols = np.isin([n.split(":")[0] for n in names], families)
     picked = [n for n, c in zip(names, cols, strict=True) if c]
-    x, n, band_only = calibration_set(feats, coverage)
+    x, n, band_only, raise_only = calibration_set(feats, coverage)
     cal = Calibration.fit(x[:, cols], n, np.array([directions[p.split(":")[0]] for p in picked]),
                           model_hash="-", layers=sorted({layer for p in picked for layer, _ in heads_of(p)}),
                           families=list(families), top_k=top_k, units=np.array(units_of(picked)) if per_head else None,
                           length_adjust=length_adjust, coverage=coverage, length_bands=length_bands,
-                          band_only=band_only, tail_quantile=tail_quantile)
+                          band_only=band_only, raise_only=raise_only, tail_quantile=tail_quantile)
     return cal, cols
 
 

@@ -30,7 +30,17 @@ from headguard.detect.coverage import REPEAT
 from headguard.detect.defaults import score_defaults
 from headguard.lab.build import read_manifest
 from headguard.models.task import Task
-from score_settings import _group, _shared, cached_features, calibration_set, fit_setting, held_out, rates, write_rows
+from score_settings import (
+    _group,
+    _own,
+    _shared,
+    cached_features,
+    calibration_set,
+    fit_setting,
+    held_out,
+    rates,
+    write_rows,
+)
 
 RULES = ("pooled", "prompts", "prompts+bands")
 
@@ -56,12 +66,13 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     feats, names = cached_features(model, lab, cache)
     cal, cols = fit_setting(feats, names, defaults.families, defaults.top_k, defaults.per_head, defaults.coverage,
                             defaults.length_bands, defaults.length_adjust)
-    _, lengths, band_only = calibration_set(feats, defaults.coverage)
+    _, lengths, band_only, _ = calibration_set(feats, defaults.coverage)
     groups = held_out(feats)
     # The fitted calibration rows, in calibration_set's order (the short variants come last and set a band only).
     parts = [("prompts", "split")]
     if _shared(defaults.coverage):
         parts.append(("code and joined", _group(_shared(defaults.coverage))))
+    parts += [(source, _group((source,))) for source in _own(defaults.coverage)]
     if REPEAT in defaults.coverage:
         parts.append(("repeat", _group((REPEAT,))))
     sizes = {kind: len(feats[g][1]) for kind, g in parts}

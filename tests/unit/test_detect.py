@@ -118,6 +118,31 @@ def test_a_feature_almost_constant_on_clean_prompts_cannot_decide_the_score_alon
     assert raw.score(probe, np.ones(1))[0] > 10 and floored.score(probe, np.ones(1))[0] < 1
 
 
+def test_variants_on_draws_of_their_own_may_raise_the_threshold_never_lower_it():
+    """Many such variants scoring low would pull the pooled quantile down and let other clean
+    inputs through; scoring high, they raise it as any calibration prompt would."""
+    rng = np.random.default_rng(0)
+    prompts = rng.normal(size=(300, 6))
+
+    def fit(variants: np.ndarray, raise_only: bool) -> Calibration:
+        x = np.r_[prompts, variants]
+        mask = np.arange(len(x)) >= len(prompts) if raise_only else None
+        return Calibration.fit(x, np.full(len(x), 20.0), np.ones(6), model_hash="-", layers=[0],
+                               families=["row_evenness"], n_components=4, raise_only=mask)
+
+    def quantile(cal: Calibration, rows: slice) -> float:
+        return float(np.quantile(cal.clean_scores[rows], 0.99))
+
+    quiet = 0.05 * rng.normal(size=(300, 6))  # near the centre: they score low
+    pooled, kept = fit(quiet, raise_only=False), fit(quiet, raise_only=True)
+    assert pooled.threshold < quantile(pooled, slice(0, 300))  # pooled, they pull it down
+    assert kept.threshold == pytest.approx(quantile(kept, slice(0, 300)))
+    loud = 2.0 * rng.normal(size=(300, 6))  # spread wide: they score high
+    raised = fit(loud, raise_only=True)
+    assert raised.threshold == pytest.approx(quantile(raised, slice(None)))
+    assert raised.threshold > quantile(raised, slice(0, 300))
+
+
 def test_a_tail_scale_reads_each_head_against_its_own_clean_tail(tmp_path):
     """With a tail quantile, a head whose clean deviations run far (one that code moves) needs a
     larger move to score as much as a quiet head; the scale survives the calibration file."""

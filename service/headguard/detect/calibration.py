@@ -239,11 +239,14 @@ class Calibration:
             n_components: int = 32, length_adjust: bool = False, top_k: int = 1,
             units: np.ndarray | None = None, spread_floor: float = SPREAD_FLOOR, folds: int = 5,
             seed: int = 0, coverage: tuple[str, ...] = (), length_bands: bool = False,
-            band_only: np.ndarray | None = None, tail_quantile: float | None = None) -> Calibration:
+            band_only: np.ndarray | None = None, raise_only: np.ndarray | None = None,
+            tail_quantile: float | None = None) -> Calibration:
         """Fits the anomaly model and sets the threshold. Rows marked `band_only` (the short
         variants) are neither fitted on nor counted in the overall threshold: scored by the
         fitted model, they set only the bar of inputs of their length, in the length bands or,
-        without them, in one band of inputs as short as they are."""
+        without them, in one band of inputs as short as they are. Rows marked `raise_only` (the
+        code sources on draws of their own) are fitted on and may raise the threshold, never
+        lower it: it is the higher of the target quantile with them and without them."""
         if not 0 < target_fpr < 0.5:
             raise InputError(f"target FPR must be in (0, 0.5), got {target_fpr}")
         band_only = np.zeros(len(features), bool) if band_only is None else np.asarray(band_only, bool)
@@ -257,6 +260,9 @@ class Calibration:
                                      length_adjust, top_k, units, spread_floor, tail_quantile)
             oof[held_idx] = model.score(x[held_idx], n[held_idx])
         threshold = float(np.quantile(oof, 1 - target_fpr))
+        if raise_only is not None and np.any(raise_only[fitted]):
+            # Many variants scoring low would pull a pooled quantile down and let other inputs through.
+            threshold = max(threshold, float(np.quantile(oof[~raise_only[fitted]], 1 - target_fpr)))
         anomaly = AnomalyModel.fit(x, n, direction, method, n_components, length_adjust, top_k, units, spread_floor,
                                    tail_quantile)
         scores = np.empty(len(features))

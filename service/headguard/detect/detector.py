@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from headguard.detect.calibration import Calibration
-from headguard.detect.coverage import SHORT, available_sources, coverage_prompts, short_prompts
+from headguard.detect.coverage import OWN_DRAW, SHORT, available_sources, code_prompts, coverage_prompts, short_prompts
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import feature_directions, feature_names, feature_units, heads_of
 from headguard.detect.scorer import Capture, HeadScorer
@@ -78,6 +78,8 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     # Fitted on: the prompts and their longer variants; the short variants only set their band.
     fitted = prompts + coverage_within_context(clf, prompts, coverage) if coverage else prompts
     short = short_within_context(clf, prompts, coverage)
+    own = {v for source in coverage if source in OWN_DRAW for v in code_prompts(prompts, source)}
+    raise_only = np.array([i >= len(prompts) and text in own for i, text in enumerate(fitted + short)])
     scorer = HeadScorer(clf, layers, families)
     features, lengths = scorer.features(fitted + short)
     direction = np.array(feature_directions(scorer.layers, scorer.adapter.n_heads, scorer.families))
@@ -86,7 +88,7 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
                            layers=scorer.layers, families=list(scorer.families), method=method,
                            target_fpr=target_fpr, n_components=n_components, length_adjust=length_adjust,
                            top_k=top_k, units=units, coverage=coverage, length_bands=length_bands,
-                           band_only=np.arange(len(features)) >= len(fitted))
+                           band_only=np.arange(len(features)) >= len(fitted), raise_only=raise_only)
 
 
 def coverage_within_context(clf: Classifier, prompts: list[str], kinds: tuple[str, ...] = ("python",)) -> list[str]:
