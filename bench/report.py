@@ -60,8 +60,10 @@ def lab_table() -> str:
     return "\n".join(lines)
 
 
-def controls_cell(fpr_controls: dict) -> str:
-    return "/".join(fmt(fpr_controls[k], 2) for k in ("rare_word", "typos", "repeated", "code", "long"))
+def controls_cell(fpr_controls: dict, other_code: bool = False) -> str:
+    """The controls' FPRs, rare/typo/rep/code/long, then other code if asked ("—" where a report predates it)."""
+    names = ("rare_word", "typos", "repeated", "code", "long") + (("other_code",) if other_code else ())
+    return "/".join(fmt(fpr_controls.get(k), 2) for k in names)
 
 
 def _setting_name(setting: dict | None) -> str:
@@ -87,13 +89,14 @@ def _seed(model: str) -> str:
 def defense_table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.eval-*.json"))]
     lines = ["| base | dataset | attack | seed | defense | scoring | inputs clean/triggered | AUROC | TPR@1%FPR "
-             "| FPR clean | FPR controls (rare/typo/rep/code/long) | passes/input | s/input | model s/input |",
+             "| FPR clean | FPR controls (rare/typo/rep/code/long/other code) "
+             "| passes/input | s/input | model s/input |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r.get("detection")
         if not d:
             continue
-        ctrl = controls_cell(d["fpr_controls"])
+        ctrl = controls_cell(d["fpr_controls"], other_code=True)
         inputs = f"{d['n_clean']}/{d.get('n_triggered') or '—'}"
         lines.append(
             f"| {r['base']} | {r['dataset']} | {r['attack']} | {_seed(r['model'])} | {r['defense']} | {_scoring(r)} | "

@@ -24,17 +24,17 @@ SMS messages written twice crossed on some builds). The short variants set the b
 inputs as length bands did before (short chat messages, "Yup ok...", crossed a threshold set on
 the calibration split's longer ones). Of the 396 decoder settings measured on eight
 SmolLM2 models, 43 keep every group (held-out clean, five specificity controls, unseen traffic)
-within 2 % on all eight; this one keeps them within 1.5 %, catches 96.4-99.5 % of BadNets on
+within 2 % on all eight; this one, then without `c_blocks`, keeps them within 1.5 %, catches 96.4-99.5 % of BadNets on
 movies and on both SMS builds and 91 % of movies composite, and ranks AddSent best of those
 (AUROC 0.845). The previous default (top 3, code variants only, length bands) caught 94.6 % of
 SMS BadNets seed 0 and let 2-3 % of repeated messages through on two builds. On three builds it
 was not chosen on, every group stays within 1.5 %, and a second movies BadNets build is caught
 at 80 % (no setting of the grid catches more than 86 % of it with every group within 2 %).
-The `other_code` control, code in languages none of this was chosen with, crosses it at 3.5 % on
-SMS BadNets seed 0, 2.5 % on seed 1, 3 % on movies composite and 2.5 % on the dynamic trigger;
-with `c_blocks` beside its code, on a draw of its own, only movies BadNets seed 0 has a `lab
-eval` group over 2 % (long inputs, 3 %) and a third code set crosses at 2.5 % on composite and
-AddSent, as it does here: a candidate, not yet measured by `lab eval` (docs/METHOD.md §5).
+The `other_code` control, code in languages none of this was chosen with, crossed that setting
+at 2.5-3.5 % on four SmolLM2 builds; calibrating beside C headers' one-line blocks as well
+(`c_blocks`, on a draw of its own, which may raise the threshold but never lower it) holds it
+within 2 % on all of them, with the same or higher TPR, and lets 2.5 % of one movies BadNets
+rebuild's long inputs through (docs/BENCHMARKS.md, "The decoder default with C blocks").
 """
 
 from __future__ import annotations
