@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from headguard.detect.calibration import SPREAD_FLOOR, Calibration
 from headguard.detect.defaults import ScoreDefaults, score_defaults
-from headguard.detect.detector import coverage_within_context, short_within_context
+from headguard.detect.detector import coverage_within_context, own_draw_rows, short_within_context
 from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.attacks import Attack
@@ -156,14 +156,14 @@ def main() -> None:
     layer_of = np.array([int(n.split(":")[1].split("H")[0][1:]) for n in names])
 
     results = []
-    coverage: dict[tuple, tuple] = {}  # (size, kinds) -> coverage variants' features, lengths, band-only mask
+    coverage: dict[tuple, tuple] = {}  # (size, kinds) -> variants' features, lengths, band-only and raise-only masks
     for v in variants(n_layers, score_defaults(clf.task.kind)):
         lo, hi = v.get("layers", (0, n_layers))
         cols = np.isin(family_of, v["families"]) & (layer_of >= lo) & (layer_of < hi)
         size = v.get("calibration_size") or len(groups["calibration"])
         x, lengths = feats["calibration"]
         x, lengths = x[:size], lengths[:size]
-        band_only = np.zeros(len(x), bool)
+        band_only = raise_only = np.zeros(len(x), bool)
         if v.get("coverage"):  # as headguard calibrate: the prompts' coverage variants too, short ones last
             key = (size, tuple(v["coverage"]))
             if key not in coverage:
@@ -171,15 +171,18 @@ def main() -> None:
                 longer = coverage_within_context(clf, prompts, key[1])
                 short = short_within_context(clf, prompts, key[1])
                 vx, vn = scorer.features(longer + short)
-                coverage[key] = vx, vn, np.arange(len(vn)) >= len(longer)
+                coverage[key] = (vx, vn, np.arange(len(vn)) >= len(longer),
+                                 own_draw_rows(prompts, longer + short, key[1]))
             x, lengths = np.r_[x, coverage[key][0]], np.r_[lengths, coverage[key][1]]
             band_only = np.r_[band_only, coverage[key][2]]
+            raise_only = np.r_[np.zeros(size, bool), coverage[key][3]]
         cal = Calibration.fit(x[:, cols], lengths, directions[cols], model_hash="-", layers=[],
                               families=list(v["families"]), method=v["method"],
                               n_components=v.get("n_components", 32), length_adjust=v.get("length_adjust", False),
                               top_k=v.get("top_k", 1), units=units[cols] if v.get("per_head") else None,
                               spread_floor=v.get("spread_floor", SPREAD_FLOOR),
-                              length_bands=v.get("length_bands", False), band_only=band_only)
+                              length_bands=v.get("length_bands", False), band_only=band_only,
+                              raise_only=raise_only)
         scores = {g: cal.score(f[:, cols], n) for g, (f, n) in feats.items()}
         row = {"variant": {**v, "layers": [lo, hi], "calibration_size": size}, **metrics(scores, cal.threshold)}
         results.append(row)

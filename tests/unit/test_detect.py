@@ -18,7 +18,7 @@ from headguard.detect.coverage import (
     repeat_prompts,
     short_prompts,
 )
-from headguard.detect.detector import Detector, calibrate, follows_defaults
+from headguard.detect.detector import Detector, calibrate, follows_defaults, own_draw_rows
 from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units, layer_features
 from headguard.detect.scorer import HeadScorer
 from headguard.errors import InputError
@@ -269,6 +269,14 @@ def test_each_code_source_adds_its_own_share_of_code_variants():
     assert not any(line.endswith("\\") for line in c_lines)  # no macro bodies cut mid-way
     with pytest.raises(ValueError, match="unknown code source"):
         code_lines("cobol")
+
+
+def test_the_rows_that_may_only_raise_the_threshold_are_the_own_draw_variants():
+    kinds = ("python", "c", "c_blocks", "repeat")
+    rows = PROMPTS + coverage_prompts(PROMPTS, kinds=kinds)
+    marked = own_draw_rows(PROMPTS, rows, kinds)
+    assert [r for r, m in zip(rows, marked, strict=True) if m] == code_prompts(PROMPTS, "c_blocks")
+    assert not own_draw_rows(PROMPTS, rows, ("python", "c", "repeat")).any()
 
 
 def test_c_blocks_are_whole_one_line_blocks_no_control_carries():

@@ -78,8 +78,6 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     # Fitted on: the prompts and their longer variants; the short variants only set their band.
     fitted = prompts + coverage_within_context(clf, prompts, coverage) if coverage else prompts
     short = short_within_context(clf, prompts, coverage)
-    own = {v for source in coverage if source in OWN_DRAW for v in code_prompts(prompts, source)}
-    raise_only = np.array([i >= len(prompts) and text in own for i, text in enumerate(fitted + short)])
     scorer = HeadScorer(clf, layers, families)
     features, lengths = scorer.features(fitted + short)
     direction = np.array(feature_directions(scorer.layers, scorer.adapter.n_heads, scorer.families))
@@ -88,7 +86,15 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
                            layers=scorer.layers, families=list(scorer.families), method=method,
                            target_fpr=target_fpr, n_components=n_components, length_adjust=length_adjust,
                            top_k=top_k, units=units, coverage=coverage, length_bands=length_bands,
-                           band_only=np.arange(len(features)) >= len(fitted), raise_only=raise_only)
+                           band_only=np.arange(len(features)) >= len(fitted),
+                           raise_only=own_draw_rows(prompts, fitted + short, coverage))
+
+
+def own_draw_rows(prompts: list[str], texts: list[str], kinds: tuple[str, ...]) -> np.ndarray:
+    """Which of `texts` (calibration rows made from `prompts`) are variants of a code source of
+    `kinds` on a draw of its own: they may raise the threshold, never lower it."""
+    own = {v for source in kinds if source in OWN_DRAW for v in code_prompts(prompts, source)}
+    return np.array([text in own for text in texts], bool)
 
 
 def coverage_within_context(clf: Classifier, prompts: list[str], kinds: tuple[str, ...] = ("python",)) -> list[str]:
