@@ -33,9 +33,9 @@ at 80 % (no setting of the grid catches more than 86 % of it with every group wi
 The `other_code` control, code in languages none of this was chosen with, crossed that setting
 at 2.5-3.5 % on four SmolLM2 builds; calibrating beside C headers' one-line blocks as well
 (`c_blocks`, on a draw of its own, which may raise the threshold but never lower it) holds it
-within 2 % on all of them, with the same or higher TPR on all eleven SmolLM2 lab models, and
-lets 2.5 % of one movies BadNets rebuild's long inputs through, the one group of the eleven over
-2 % (docs/BENCHMARKS.md, "The decoder default with C blocks").
+within 2 % on all of them, with the same or higher TPR on every SmolLM2 backdoor measured. Of
+all their groups, only one rebuild of movies BadNets lets more through: 2.5 % of its long
+inputs, 1.5 % on a second rebuild (docs/BENCHMARKS.md, "The decoder default with C blocks").
 """
 
 from __future__ import annotations
