@@ -175,7 +175,7 @@ def main() -> None:
                                  own_draw_rows(prompts, longer + short, key[1]))
             x, lengths = np.r_[x, coverage[key][0]], np.r_[lengths, coverage[key][1]]
             band_only = np.r_[band_only, coverage[key][2]]
-            raise_only = np.r_[np.zeros(size, bool), coverage[key][3]]
+            raise_only = np.r_[raise_only, coverage[key][3]]
         cal = Calibration.fit(x[:, cols], lengths, directions[cols], model_hash="-", layers=[],
                               families=list(v["families"]), method=v["method"],
                               n_components=v.get("n_components", 32), length_adjust=v.get("length_adjust", False),

@@ -26,8 +26,9 @@ the calibration split's longer ones). Of the 396 decoder settings measured on ei
 SmolLM2 models, 43 keep every group (held-out clean, five specificity controls, unseen traffic)
 within 2 % on all eight; this one, then without `c_blocks`, keeps them within 1.5 %, catches
 96.4-99.5 % of BadNets on movies and on both SMS builds and 91 % of movies composite, and ranks
-AddSent best of those (AUROC 0.845). The previous default (top 3, code variants only, length bands) caught 94.6 % of
-SMS BadNets seed 0 and let 2-3 % of repeated messages through on two builds. On three builds it
+AddSent best of those (AUROC 0.845). The previous default (top 3, code variants only, length
+bands) caught 94.6 % of SMS BadNets seed 0 and let 2-3 % of repeated messages through on two
+builds. On three builds it
 was not chosen on, every group stays within 1.5 %, and a second movies BadNets build is caught
 at 80 % (no setting of the grid catches more than 86 % of it with every group within 2 %).
 The `other_code` control, code in languages none of this was chosen with, crossed that setting
