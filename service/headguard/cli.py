@@ -110,14 +110,14 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _scan(args: argparse.Namespace) -> int:
     from headguard.detect.detector import Detector
-    from headguard.prompts import read_prompts
+    from headguard.prompts import read_prompts, text_problem
 
     texts = list(args.text) + (read_prompts(args.file) if args.file else [])
     if not texts:
         raise InputError("give TEXT arguments or --file FILE.jsonl")
     for i, text in enumerate(texts):  # before the model loads: bad input fails fast
-        if not text.strip():
-            raise InputError(f"input {i} is empty")
+        if problem := text_problem(text):
+            raise InputError(f"input {i} {problem}")
     detector = Detector.from_files(args.model, args.calibration, get_settings().resolved_device())
     for verdict in detector.scan(texts):
         print(json.dumps(verdict.as_dict()))

@@ -10,6 +10,22 @@ from headguard.errors import InputError
 TEXT_KEYS = ("text", "prompt", "input")
 
 
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be scored, as the end of a sentence, or None.
+
+    JSON escapes and undecodable command-line bytes both yield lone surrogates, which no tokenizer
+    takes: refused as input, they cannot pass as a scoring fault (and so through a fail-open guard).
+    """
+    if not text.strip():
+        return "is empty"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"is not valid Unicode text: a lone surrogate at character {exc.start} "
+                "(a byte that is not UTF-8, or an unpaired \\ud800-\\udfff escape)")
+    return None
+
+
 def read_prompts(path: Path) -> list[str]:
     try:
         raw = Path(path).read_bytes()
@@ -32,6 +48,8 @@ def read_prompts(path: Path) -> list[str]:
         text = row
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{path}:{number}: expected a non-empty string or an object with a 'text' field")
+        if problem := text_problem(text):
+            raise InputError(f"{path}:{number}: the prompt {problem}")
         prompts.append(text)
     if not prompts:
         raise InputError(f"{path} holds no prompts")

@@ -49,7 +49,8 @@ def test_scan_refuses_a_calibration_of_another_model(smollm2_badnets, calibratio
 def test_scan_rejects_bad_input_without_output(minilm_badnets, calibration, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b"\xff\xfe\x00 not utf-8")
-    for args in (["--file", str(bad)], [""], ["word " * 600]):
+    # "caf\udcff": how Python reads a command-line byte that is not UTF-8
+    for args in (["--file", str(bad)], [""], ["word " * 600], ["caf\udcff"]):
         proc = run_cli("scan", "--model", str(minilm_badnets), "--calibration", str(calibration), *args, check=False)
         assert proc.returncode == 2 and proc.stdout == "", args
         assert len(proc.stderr.strip().splitlines()) == 1

@@ -5,6 +5,8 @@ A scoring timeout far below one forward pass makes every score fail, in a real s
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.servers import serve
@@ -46,3 +48,19 @@ def test_scoring_failure_follows_the_fail_mode(tiny_model, tmp_path, fail_mode):
         assert chat.json()["error"]["code"] == "scoring_failed"
         assert opened == 0
         assert "FAIL-OPEN" not in logs
+
+
+def test_input_no_tokenizer_takes_is_refused_not_let_through(tiny_model, tmp_path):
+    """A lone surrogate (legal as a JSON escape) is bad input: fail-open must not wave it through unscored."""
+    model, calibration = tiny_model
+    env = {"HEADGUARD_CALIBRATION": str(calibration), "HEADGUARD_FAIL_MODE": "open"}
+    with serve(model, tmp_path, env=env) as server, server.client() as client:
+        model_id = client.get("/v1/models").json()["data"][0]["id"]
+        # json.dumps writes the surrogate as the escape an HTTP client can send
+        body = json.dumps({"model": model_id, "messages": [{"role": "user", "content": "a warm film \ud800"}]})
+        chat = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        opened = fail_open_count(client)
+
+    assert chat.status_code == 400, chat.text
+    assert "lone surrogate" in chat.json()["error"]["message"]
+    assert opened == 0

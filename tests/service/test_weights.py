@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import torch
@@ -56,6 +58,11 @@ def test_activate_swaps_weights_and_rollback_restores_the_exact_scores(swap_serv
         assert scan.headers["x-headguard-weights-version"] == version
         assert [r["score"] for r in scan.json()["results"]] != before
         assert c.get("/info").json()["weights_version"] == version
+        # A calibration belongs to the base weights: refused while the patch is served, thresholds kept.
+        policy = c.get("/info").json()["policy"]
+        r = c.post("/admin/v1/calibration", json={"prompts": clean_texts[60:180]})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "patched_weights", r.text
+        assert c.get("/info").json()["policy"] == policy
         assert c.post("/admin/v1/weights/activate", json={"version": "base"}).json()["serving"] == "base"
         after = [r["score"] for r in c.post("/v1/guard/scan", json={"input": texts}).json()["results"]]
         assert after == before  # revert restores the original bits, so the scores are identical
@@ -128,3 +135,8 @@ def test_job_requests_are_validated(swap_server):
         assert c.post("/admin/v1/jobs", json={"flagged": ["x"], "options": {"steps": -1}}).status_code == 400
         r = c.post("/admin/v1/jobs", json={"flagged": ["x"]})  # no clean prompts and no lab split
         assert r.status_code == 400 and "clean" in r.json()["error"]["message"]
+        r = c.post("/admin/v1/jobs", json={"flagged": ["x"], "clean": ["fine"] * 9 + ["  "]})
+        assert r.status_code == 400 and r.json()["error"]["message"] == "clean prompt 9 is empty"
+        r = c.post("/admin/v1/jobs", content=json.dumps({"flagged": ["x \udfff"]}),
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "flagged prompt 0 is not valid Unicode" in r.json()["error"]["message"]

@@ -14,7 +14,8 @@ def test_reads_strings_and_objects(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [(b"\xff\xfe broken", "not UTF-8"), (b"", "no prompts"), (b"{oops\n", "not a JSON line"),
-     (b'{"text": ""}\n', "non-empty"), (b'{"other": 1}\n', "non-empty")],
+     (b'{"text": ""}\n', "non-empty"), (b'{"other": 1}\n', "non-empty"),
+     (b'{"text": "fine \\ud800"}\n', "lone surrogate at character 5")],
 )
 def test_bad_files_are_clear_errors(tmp_path, content, message):
     path = tmp_path / "p.jsonl"

@@ -8,11 +8,13 @@ import hmac
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
+from headguard.api.engine import PatchedWeights
 from headguard.api.errors import ApiError
 from headguard.api.guard import Guard
 from headguard.api.policy import Policy
 from headguard.jobs.tasks import JobSpec, RepairOptions
 from headguard.lab.splits import SPLITS_DIR
+from headguard.prompts import text_problem
 
 
 def _guard(request: Request) -> Guard:
@@ -62,12 +64,12 @@ async def recalibrate(body: RecalibrateRequest, request: Request) -> dict:
     guard = _guard(request)
     guard.require_ready()
     engine = guard.engine
-    if engine.weights_version != "base":
-        raise ApiError(409, f"weights version {engine.weights_version} is active: a calibration is fitted on the "
-                       "base weights it is stored for; activate 'base' first", "patched_weights")
     engine.check_inputs_each(body.prompts)
     loop = asyncio.get_running_loop()
-    cal = await loop.run_in_executor(engine.model_thread, engine.recalibrate, body.prompts, body.target_fpr)
+    try:
+        cal = await loop.run_in_executor(engine.model_thread, engine.recalibrate, body.prompts, body.target_fpr)
+    except PatchedWeights as exc:
+        raise ApiError(409, str(exc), "patched_weights") from None
     policy: Policy = engine.loaded.policy
     return {"prompts": cal.n_prompts, "target_fpr": cal.target_fpr, "threshold": cal.threshold,
             "reject_threshold": policy.reject_threshold, "route_threshold": policy.route_threshold}
@@ -100,9 +102,10 @@ async def create_job(body: JobRequest, request: Request) -> dict:
     if not flagged:
         raise ApiError(400, "no flagged prompts: the flagged-prompt log is empty and none were given",
                        "no_flagged_prompts", "flagged")
-    for i, text in enumerate(flagged + (body.clean or [])):
-        if not text.strip():
-            raise ApiError(400, f"prompt {i} is empty", "invalid_request")
+    for field, texts in (("flagged", flagged), ("clean", body.clean or [])):
+        for i, text in enumerate(texts):
+            if problem := text_problem(text):
+                raise ApiError(400, f"{field} prompt {i} {problem}", "invalid_request", field)
     if body.clean is None and not (settings.model / SPLITS_DIR / "calibration.jsonl").exists():
         raise ApiError(400, "this model has no clean split: give clean prompts", "no_clean_prompts", "clean")
     spec = JobSpec(model=str(settings.model.resolve()), calibration=str(engine.calibration_path.resolve()),

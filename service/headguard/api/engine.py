@@ -20,11 +20,12 @@ from headguard.api.batcher import MicroBatcher
 from headguard.api.policy import Policy
 from headguard.detect.calibration import Calibration
 from headguard.detect.detector import Detector, Verdict, calibrate, follows_defaults
-from headguard.errors import InputError
+from headguard.errors import HeadguardError, InputError
 from headguard.lab.splits import SPLITS_DIR, read_split
 from headguard.models.classifier import Classifier
 from headguard.models.fingerprint import weights_hash
 from headguard.models.generate import Generation, GenerationRequest, Generator
+from headguard.prompts import text_problem
 from headguard.repair.patch import AppliedPatch, Patch, check_patch
 from headguard.settings import Settings
 from headguard.telemetry.metrics import Metrics
@@ -32,6 +33,10 @@ from headguard.weights.store import BASE, CHANNEL, WeightsStore
 
 log = logging.getLogger("headguard.engine")
 BASE_VERSION = BASE
+
+
+class PatchedWeights(HeadguardError):
+    """A calibration is fitted on the base weights it is stored for: refused while a repair is served."""
 
 
 @dataclass
@@ -264,8 +269,8 @@ class Engine:
     def check_inputs_each(self, texts: list[str]) -> None:
         clf = self.loaded.clf
         for i, text in enumerate(texts):
-            if not text.strip():
-                raise InputError(f"input {i} is empty")
+            if problem := text_problem(text):
+                raise InputError(f"input {i} {problem}")
             if len(text) > self.settings.max_input_chars:
                 raise InputError(f"input {i} is {len(text)} characters; at most {self.settings.max_input_chars}")
             n = len(self._check_tokenizer(clf.task.render(text))["input_ids"])
@@ -296,6 +301,9 @@ class Engine:
 
     def recalibrate(self, prompts: list[str], target_fpr: float) -> Calibration:
         """Model thread: fits a new calibration on clean prompts, saves it, and swaps it in whole."""
+        if self.weights_version != BASE_VERSION:  # checked here: swaps happen on this thread too
+            raise PatchedWeights(f"weights version {self.weights_version} is active: a calibration is fitted on "
+                                 "the base weights it is stored for; activate 'base' first")
         loaded = self.loaded
         old = loaded.detector.calibration
         cal = calibrate(loaded.clf, prompts, target_fpr=target_fpr, layers=old.layers,
