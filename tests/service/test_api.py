@@ -122,6 +122,7 @@ def test_routed_prompt_without_a_safer_model_is_refused(client, model_id, by_dec
     r = client.post("/v1/chat/completions", json=chat(model_id, by_decision["route"]))
     assert r.status_code == 400 and r.json()["error"]["code"] == "content_filter"
     assert r.headers["x-headguard-decision"] == "route"
+    assert "route threshold" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -144,12 +145,18 @@ def test_routed_prompt_without_a_safer_model_is_refused(client, model_id, by_dec
         ("/v1/chat/completions", {"model": "MODEL", "messages": [{"role": "user", "content": "x"}],
                                   "max_tokens": 0}, 400, "max_tokens"),
         ("/v1/completions", {"model": "MODEL"}, 400, "prompt"),
+        ("/v1/completions", {"model": "MODEL", "prompt": []}, 400, "prompt"),
+        # JSON can escape a lone surrogate, which no tokenizer takes: bad input, not a scoring fault
+        ("/v1/guard/scan", b'{"input": "a warm film \\ud800"}', 400, "lone surrogate"),
+        ("/v1/chat/completions", b'{"model": "MODEL", "messages": [{"role": "user", "content": "ok \\ud800"}]}',
+         400, "lone surrogate"),
     ],
 )
 def test_bad_input_is_a_clear_4xx(client, model_id, path, body, status, needle):
     before = client.get("/metrics").text.count("headguard_inputs_total{")
     if isinstance(body, bytes):
-        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        r = client.post(path, content=body.replace(b"MODEL", model_id.encode()),
+                        headers={"content-type": "application/json"})
     else:
         body = {k: (model_id if v == "MODEL" else v) for k, v in body.items()}
         r = client.post(path, json=body)

@@ -73,7 +73,11 @@ class MicroBatcher(Generic[T, R]):
                 size += len(nxt.items)
             self._waiting -= size
             self.on_depth(self._waiting)
+            batch = [p for p in batch if not p.future.done()]  # a caller that gave up costs no forward pass
+            if not batch:
+                continue
             items = [item for p in batch for item in p.items]
+            size = len(items)
             started = loop.time()
             try:
                 results = await loop.run_in_executor(self.executor, self.fn, items)
@@ -85,6 +89,6 @@ class MicroBatcher(Generic[T, R]):
             self.on_batch(size, loop.time() - started)
             offset = 0
             for p in batch:
-                if not p.future.done():  # a caller that gave up has a cancelled future
+                if not p.future.done():  # a caller may give up while its batch runs
                     p.future.set_result(results[offset : offset + len(p.items)])
                 offset += len(p.items)

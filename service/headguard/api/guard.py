@@ -94,9 +94,11 @@ class Guard:
         enforce = self.engine.loaded.policy.enforce
         action = scored.decision if enforce else ALLOW
         if action == REJECT or (action == ROUTE and self.route is None and not self._repaired_locally()):
-            threshold = self.engine.loaded.policy.reject_threshold
+            policy = self.engine.loaded.policy
+            why = (f"threshold {policy.reject_threshold:.2f}" if action == REJECT else
+                   f"over the route threshold {policy.route_threshold:.2f}, and no route target is set")
             raise ApiError(400, f"the guard refused this prompt: its attention heads collapse as under a "
-                           f"backdoor trigger (score {scored.score:.2f}, threshold {threshold:.2f})",
+                           f"backdoor trigger (score {scored.score:.2f}, {why})",
                            "content_filter", "messages" if isinstance(body, ChatCompletionRequest) else "prompt",
                            headers)
         payload = body.model_dump(exclude_unset=True)
