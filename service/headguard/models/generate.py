@@ -59,11 +59,20 @@ class Generator:
         return {k: v.to(self.clf.device) for k, v in self.tokenizer(prompt, return_tensors="pt").items()
                 if k != "token_type_ids"}
 
-    def _kwargs(self, req: GenerationRequest, inputs: dict, cancel: threading.Event | None) -> dict:
+    def _budget(self, req: GenerationRequest, n_prompt: int) -> int:
+        """New tokens for this request: what it asks for, within the model's context (a model with a
+        position table has no position past it)."""
+        room = self.clf.context_length - n_prompt
+        if room < 1:
+            raise InputError(f"the prompt is {n_prompt} tokens and fills this model's context of "
+                             f"{self.clf.context_length}: no room to answer")
+        return min(req.max_new_tokens, room)
+
+    def _kwargs(self, req: GenerationRequest, inputs: dict, budget: int, cancel: threading.Event | None) -> dict:
         if req.seed is not None:
             torch.manual_seed(req.seed)
         sample = req.temperature > 0
-        kwargs = dict(**inputs, max_new_tokens=req.max_new_tokens, do_sample=sample,
+        kwargs = dict(**inputs, max_new_tokens=budget, do_sample=sample,
                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         if sample:
             kwargs.update(temperature=req.temperature, top_p=req.top_p)
@@ -79,11 +88,12 @@ class Generator:
     def generate(self, req: GenerationRequest) -> Generation:
         inputs = self._inputs(req.text)
         n_prompt = inputs["input_ids"].shape[1]
-        out = self.clf.model.generate(**self._kwargs(req, inputs, None))
+        budget = self._budget(req, n_prompt)
+        out = self.clf.model.generate(**self._kwargs(req, inputs, budget, None))
         new = out[0, n_prompt:]
         text, stopped = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), req.stop)
         ended = stopped or (len(new) and int(new[-1]) == self.tokenizer.eos_token_id)
-        return Generation(text, n_prompt, len(new), "stop" if ended or len(new) < req.max_new_tokens else "length")
+        return Generation(text, n_prompt, len(new), "stop" if ended or len(new) < budget else "length")
 
     @torch.no_grad()
     def stream(self, req: GenerationRequest, emit: Callable[[str], None], cancel: threading.Event) -> Generation:
@@ -93,11 +103,12 @@ class Generator:
         """
         inputs = self._inputs(req.text)
         n_prompt = inputs["input_ids"].shape[1]
+        budget = self._budget(req, n_prompt)
         streamer = _Emitter(self.tokenizer, emit)
-        out = self.clf.model.generate(**self._kwargs(req, inputs, cancel), streamer=streamer)
+        out = self.clf.model.generate(**self._kwargs(req, inputs, budget, cancel), streamer=streamer)
         new = out[0, n_prompt:]
         ended = len(new) and int(new[-1]) == self.tokenizer.eos_token_id
-        return Generation("", n_prompt, len(new), "stop" if ended or len(new) < req.max_new_tokens else "length")
+        return Generation("", n_prompt, len(new), "stop" if ended or len(new) < budget else "length")
 
 
 class _Emitter(TextStreamer):
