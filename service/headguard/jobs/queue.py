@@ -168,10 +168,13 @@ class RedisJobs:
         job_id = uuid.uuid4().hex[:12]
 
         def enqueue():
-            self.queue.enqueue_call("headguard.jobs.worker.rq_repair", args=(spec.model_dump(),), job_id=job_id,
-                                    timeout=self.timeout_s, result_ttl=7 * 86400, failure_ttl=7 * 86400,
-                                    meta={"created": time.time(), "spec": _summary(spec)})
-            self.redis.zadd(self.INDEX, {job_id: time.time()})
+            with self.redis.pipeline() as pipe:  # one transaction: no job runs unlisted, none is listed unqueued
+                self.queue.enqueue_call("headguard.jobs.worker.rq_repair", args=(spec.model_dump(),),
+                                        job_id=job_id, timeout=self.timeout_s, result_ttl=7 * 86400,
+                                        failure_ttl=7 * 86400, meta={"created": time.time(), "spec": _summary(spec)},
+                                        pipeline=pipe)
+                pipe.zadd(self.INDEX, {job_id: time.time()})
+                pipe.execute()
 
         self._call(enqueue)
         return self.get(job_id)

@@ -17,6 +17,7 @@ log = logging.getLogger("headguard.worker")
 
 def rq_repair(spec: dict) -> dict:
     """Runs in the worker's work horse; reports progress to Redis and keeps a heartbeat alive."""
+    from redis.exceptions import RedisError
     from rq import get_current_job
 
     job = get_current_job()
@@ -38,13 +39,16 @@ def rq_repair(spec: dict) -> dict:
     last_saved = [0.0]
 
     def report(event: dict) -> None:
-        redis.rpush(events_key, json.dumps(event))
-        redis.ltrim(events_key, -MAX_EVENTS, -1)
-        redis.expire(events_key, 7 * 86400)
-        if time.monotonic() - last_saved[0] > 0.5 or event["done"] == event["total"]:
-            job.meta["last_event"] = event
-            job.save_meta()
-            last_saved[0] = time.monotonic()
+        try:
+            redis.rpush(events_key, json.dumps(event))
+            redis.ltrim(events_key, -MAX_EVENTS, -1)
+            redis.expire(events_key, 7 * 86400)
+            if time.monotonic() - last_saved[0] > 0.5 or event["done"] == event["total"]:
+                job.meta["last_event"] = event
+                job.save_meta()
+                last_saved[0] = time.monotonic()
+        except RedisError as exc:  # a lost progress event must not cost the repair it reports on
+            log.warning("progress not reported (%s: %s)", type(exc).__name__, exc)
 
     beat = threading.Thread(target=heartbeat, daemon=True)
     beat.start()
