@@ -171,6 +171,14 @@ def test_oversize_body_is_refused(client):
     assert r.status_code == 413
 
 
+def test_oversize_chunked_body_is_refused(client):
+    """A chunked upload declares no length: the cap counts what is read."""
+    chunks = (b"x" * 1024 * 1024 for _ in range(9))
+    r = client.post("/v1/guard/scan", content=chunks, headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and "over" in r.json()["error"]["message"]
+
+
 def test_flagged_prompts_are_logged_for_admins(client, by_decision):
     client.post("/v1/guard/scan", json={"input": by_decision["reject"]})
     assert client.get("/admin/v1/flagged").status_code == 401

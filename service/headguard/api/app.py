@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 
 from headguard import __version__
 from headguard.api import admin, errors, routes
+from headguard.api.body_limit import BodyLimit
 from headguard.api.engine import Engine
 from headguard.api.errors import error_response
 from headguard.api.flagged import FlaggedLog
@@ -65,6 +66,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(admin.router)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
