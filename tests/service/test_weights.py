@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from tests.service.conftest import ADMIN_TOKEN
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def _write_patch(model_dir, weights_dir, base_hash=None) -> str:
+def _write_patch(model_dir, weights_dir, base_hash=None, version=None) -> str:
     """A patch that rewrites heads 0-1 of layer 1 with random values, stored as a new version."""
     clf = Classifier.from_folder(model_dir)
     from headguard.detect.heads import adapter_for
@@ -28,7 +29,7 @@ def _write_patch(model_dir, weights_dir, base_hash=None) -> str:
     torch.manual_seed(1)
     refs = [SliceRef(names[id(p)], dim, a, b) for p, dim, a, b in slices]
     values = [torch.randn_like(ref.view(p.detach())) for ref, (p, *_) in zip(refs, slices, strict=True)]
-    version = new_version_id()
+    version = version or new_version_id()
     manifest = {"base_hash": base_hash or weights_hash(clf.model), "heads": ["L1H0", "L1H1"], "mode": "heads"}
     Patch(manifest, refs, values).save(WeightsStore(weights_dir).path(version))
     return version
@@ -85,8 +86,6 @@ def test_a_replica_refuses_a_bad_active_version_and_keeps_serving(swap_server, t
     version = _write_patch(tiny_model[0], weights_dir, base_hash="sha256:" + "1" * 64)
     WeightsStore(weights_dir).activate(version)
     try:
-        import time
-
         for _ in range(50):
             if 'headguard_weights_swaps_total{result="refused"}' in httpx.get(f"{server.url}/metrics").text:
                 break
@@ -96,6 +95,36 @@ def test_a_replica_refuses_a_bad_active_version_and_keeps_serving(swap_server, t
         assert r.status_code == 200 and r.headers["x-headguard-weights-version"] == "base"
     finally:
         WeightsStore(weights_dir).activate("base")
+
+
+def refused_swaps(server) -> float:
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith('headguard_weights_swaps_total{result="refused"}'):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_a_version_announced_before_it_reaches_this_replica_is_applied_once_it_does(swap_server, tiny_model):
+    """A shared volume can lag the pointer: a missing version is waited for, not refused for good."""
+    server, weights_dir = swap_server
+    version, refused = new_version_id(), refused_swaps(server)
+    (weights_dir / "ACTIVE").write_text(version + "\n")  # the pointer moves first
+    try:
+        time.sleep(1.5)  # three polls
+        assert httpx.get(f"{server.url}/info").json()["weights_version"] == "base"
+        _write_patch(tiny_model[0], weights_dir, version=version)
+        for _ in range(50):
+            if httpx.get(f"{server.url}/info").json()["weights_version"] == version:
+                break
+            time.sleep(0.2)
+        assert httpx.get(f"{server.url}/info").json()["weights_version"] == version
+        assert refused_swaps(server) == refused
+    finally:
+        WeightsStore(weights_dir).activate("base")
+        for _ in range(50):
+            if httpx.get(f"{server.url}/info").json()["weights_version"] == "base":
+                break
+            time.sleep(0.2)
 
 
 @pytest.mark.parametrize("body", [{"version": "v20990101T000000-abcd"}, {"version": "../etc"}, {}])

@@ -85,6 +85,7 @@ class Engine:
         self._patches: dict[str, Patch] = {}  # verified patches kept in memory: rollback needs no disk
         self._refused: set[str] = set()  # versions that failed to apply: not retried on every poll
         self._watcher: asyncio.Task | None = None
+        self._announcements = None  # async Redis client for weights announcements (with Redis only)
         self.calibration_path: Path | None = None
         self._ready = False
         self.metrics = metrics
@@ -150,9 +151,13 @@ class Engine:
         try:
             patch = None
             if version != BASE:
+                if version not in self._patches and not self.store.exists(version):
+                    raise FileNotFoundError(f"weights version {version} is not in {self.store.root} yet")
                 patch = self._patches.get(version) or self.store.load(version)
                 check_patch(loaded.clf.model, patch, loaded.model_hash)
                 self._patches[version] = patch
+        except FileNotFoundError:  # announced before this replica's volume has it: retried at the next poll
+            raise
         except Exception:
             self._refused.add(version)
             self.metrics.swaps.labels("refused").inc()
@@ -186,11 +191,12 @@ class Engine:
                 log.warning("weights check failed: %s: %s", type(exc).__name__, exc)
             deadline = loop.time() + self.settings.weights_poll_s
             try:
-                if self.settings.redis_url is None:
+                if self._announcements is None:
                     await asyncio.sleep(self.settings.weights_poll_s)
                     continue
                 if pubsub is None:
-                    pubsub = await self._subscribe()
+                    pubsub = self._announcements.pubsub()
+                    await pubsub.subscribe(CHANNEL)
                 while (left := deadline - loop.time()) > 0:  # a subscribe confirmation is no announcement
                     if await pubsub.get_message(ignore_subscribe_messages=True, timeout=left) is not None:
                         break
@@ -200,14 +206,6 @@ class Engine:
                     pubsub = None
                 await asyncio.sleep(max(0.0, deadline - loop.time()))
 
-    async def _subscribe(self):
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(self.settings.redis_url, socket_connect_timeout=2)
-        pubsub = client.pubsub()
-        await pubsub.subscribe(CHANNEL)
-        return pubsub
-
     async def start(self) -> None:
         self._batcher = MicroBatcher(self._scan_batch, self.model_thread, self.settings.max_batch_size,
                                      self.settings.batch_wait_ms / 1000, on_batch=self._on_batch,
@@ -216,6 +214,10 @@ class Engine:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.model_thread, self.load)
         future.add_done_callback(self._loaded)
+        if self.settings.redis_url is not None:  # one client for the server's life: its pool reconnects
+            import redis.asyncio as aioredis
+
+            self._announcements = aioredis.from_url(self.settings.redis_url, socket_connect_timeout=2)
         self._watcher = loop.create_task(self._watch_weights())
 
     def _loaded(self, future) -> None:
@@ -230,6 +232,8 @@ class Engine:
         if self._watcher:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
+        if self._announcements is not None:
+            await asyncio.gather(self._announcements.aclose(), return_exceptions=True)
         if self._batcher:
             await self._batcher.stop()
         self.model_thread.shutdown(wait=False, cancel_futures=True)
@@ -310,8 +314,9 @@ class Engine:
                         families=tuple(old.families), method=old.anomaly.method, top_k=old.anomaly.top_k,
                         length_adjust=old.anomaly.length_adjusted, per_head=old.anomaly.per_head,
                         coverage=old.coverage, length_bands=old.length_bands, model_hash=loaded.model_hash)
-        self.calibration_path = calibration_cache(self.settings, loaded.model_hash)
-        cal.save(self.calibration_path)
+        path = calibration_cache(self.settings, loaded.model_hash)
+        cal.save(path)
+        self.calibration_path = path  # only once saved: repair jobs read the calibration from this file
         policy = Policy.from_calibration(cal, self.settings.reject_fpr, self.settings.route_fpr,
                                          enforce=loaded.policy.enforce)
         self.loaded = Loaded(loaded.clf, Detector(loaded.clf, cal, loaded.model_hash), policy, loaded.model_hash,

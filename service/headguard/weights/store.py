@@ -1,5 +1,6 @@
 """The weights store: patch folders under one directory (shared by workers and replicas) and the
-active-version pointer, kept in Redis (announced on a pub/sub channel) or, on one machine, in a file.
+active-version pointer, kept in Redis (announced on a pub/sub channel) and in a file beside the
+patches: on one machine the file alone; with Redis the file is the copy that outlives Redis's data.
 
 "base" is the unpatched model; every other version is a patch folder named by its version id.
 """
@@ -65,9 +66,10 @@ class WeightsStore:
 
     # --- the active pointer --------------------------------------------------------------------
     def active(self) -> str:
-        if self.redis is not None:
-            value = self.redis.get(ACTIVE_KEY)
-            return value.decode() if value else BASE
+        if self.redis is not None and (value := self.redis.get(ACTIVE_KEY)):
+            return value.decode()
+        # No Redis, or a Redis that lost its data: the file, so replicas do not fall back to the
+        # unrepaired weights unasked.
         pointer = self.root / "ACTIVE"
         return pointer.read_text().strip() if pointer.exists() else BASE
 
@@ -78,10 +80,10 @@ class WeightsStore:
         if version != BASE:
             Patch.load(self.path(version))  # verified (checksum) before anyone is told to load it
         if self.redis is not None:
-            self.redis.set(ACTIVE_KEY, version)
-            self.redis.publish(CHANNEL, version)
-            return
+            self.redis.set(ACTIVE_KEY, version)  # first: with Redis down nothing changes, the file included
         fd, tmp = tempfile.mkstemp(prefix=".ACTIVE.", dir=self.root)
         with os.fdopen(fd, "w") as f:
             f.write(version + "\n")
         os.replace(tmp, self.root / "ACTIVE")
+        if self.redis is not None:
+            self.redis.publish(CHANNEL, version)
