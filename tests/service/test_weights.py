@@ -7,12 +7,13 @@ import time
 
 import httpx
 import pytest
+import redis
 import torch
 
 from headguard.models.classifier import Classifier
 from headguard.models.fingerprint import weights_hash
 from headguard.repair.patch import Patch, SliceRef
-from headguard.weights.store import WeightsStore, new_version_id
+from headguard.weights.store import ACTIVE_KEY, BASE, CHANNEL, WeightsStore, new_version_id
 from tests.servers import serve
 from tests.service.conftest import ADMIN_TOKEN
 
@@ -169,3 +170,28 @@ def test_job_requests_are_validated(swap_server):
         r = c.post("/admin/v1/jobs", content=json.dumps({"flagged": ["x \udfff"]}),
                    headers={"content-type": "application/json"})
         assert r.status_code == 400 and "flagged prompt 0 is not valid Unicode" in r.json()["error"]["message"]
+
+
+def _next_announcement(pubsub) -> bytes | None:
+    for _ in range(20):  # the subscribe confirmation comes first, and is skipped
+        if (message := pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)) is not None:
+            return message["data"]
+    return None
+
+
+def test_a_redis_that_lost_its_data_does_not_send_replicas_back_to_base(tiny_model, tmp_path):
+    """The pointer is announced on Redis and kept beside the patches, where replicas read it if Redis forgets."""
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/13")  # a database of its own
+    client.flushdb()  # fails loudly when Redis is not running
+    store = WeightsStore(tmp_path, client)
+    version = _write_patch(tiny_model[0], tmp_path)
+    announcements = client.pubsub()
+    announcements.subscribe(CHANNEL)
+    store.activate(version)
+    assert client.get(ACTIVE_KEY) == version.encode() and store.active() == version
+    assert _next_announcement(announcements) == version.encode()
+    client.flushdb()  # Redis restarted without persistence
+    assert store.active() == version
+    store.activate(BASE)
+    assert store.active() == BASE and WeightsStore(tmp_path).active() == BASE
+
