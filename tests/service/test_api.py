@@ -168,7 +168,8 @@ def test_bad_input_is_a_clear_4xx(client, model_id, path, body, status, needle):
 
 def test_oversize_body_is_refused(client):
     r = client.post("/v1/guard/scan", content=b"x" * (9 * 1024 * 1024), headers={"content-type": "application/json"})
-    assert r.status_code == 413
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert "9437184 bytes" in r.json()["error"]["message"]
 
 
 def test_oversize_chunked_body_is_refused(client):
@@ -176,7 +177,8 @@ def test_oversize_chunked_body_is_refused(client):
     chunks = (b"x" * 1024 * 1024 for _ in range(9))
     r = client.post("/v1/guard/scan", content=chunks, headers={"content-type": "application/json"})
     assert "content-length" not in r.request.headers
-    assert r.status_code == 413 and "over" in r.json()["error"]["message"]
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert "over the limit" in r.json()["error"]["message"]
 
 
 def test_flagged_prompts_are_logged_for_admins(client, by_decision):

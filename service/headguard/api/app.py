@@ -12,7 +12,6 @@ from headguard import __version__
 from headguard.api import admin, errors, routes
 from headguard.api.body_limit import BodyLimit
 from headguard.api.engine import Engine
-from headguard.api.errors import error_response
 from headguard.api.flagged import FlaggedLog
 from headguard.api.guard import Guard
 from headguard.api.upstream import Upstream
@@ -71,12 +70,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[str], None] | None
     @app.middleware("http")
     async def observe(request: Request, call_next):
         started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            response = error_response(413, f"the request body is {length} bytes; at most {MAX_BODY_BYTES}",
-                                      "request_too_large")
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         response.headers["x-headguard-weights-version"] = engine.weights_version
         route_ = request.scope.get("route")
         metrics.request_seconds.labels(getattr(route_, "path", "unmatched")).observe(time.perf_counter() - started)

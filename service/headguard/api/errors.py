@@ -58,7 +58,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
-        return error_response(exc.status_code, str(exc.detail), None, None, getattr(exc, "headers", None))
+        code = "request_too_large" if exc.status_code == 413 else None
+        return error_response(exc.status_code, str(exc.detail), code, None, getattr(exc, "headers", None))
 
     @app.exception_handler(UpstreamError)
     async def _upstream(request: Request, exc: UpstreamError):
