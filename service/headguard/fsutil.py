@@ -1,7 +1,8 @@
-"""Writing a folder atomically: it appears whole under its name, or not at all."""
+"""Writing a file or folder atomically: it appears whole under its name, or not at all."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -29,4 +30,21 @@ def atomic_folder(out: Path) -> Iterator[Path]:
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_file(out: Path) -> Iterator[Path]:
+    """Yields a path of its own beside `out` to write; when the block succeeds the file replaces
+    `out` in one rename, on any failure it is removed. Two writers never share the temporary name."""
+    out = Path(out)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.chmod(0o644)  # mkstemp's 0600 would hide the file from a reader running as another user
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
 import uuid
 from collections import deque
 from pathlib import Path
+
+from headguard.fsutil import atomic_file
 
 log = logging.getLogger("headguard.flagged")
 _PII = [
@@ -68,11 +69,9 @@ class FlaggedLog:
         return entry
 
     def _compact(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
+        with atomic_file(self.path) as tmp, tmp.open("w", encoding="utf-8") as f:
             for entry in self._entries:
                 f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.path)
         self._lines_on_disk = len(self._entries)
 
     def recent(self, limit: int | None = None) -> list[dict]:

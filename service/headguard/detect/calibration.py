@@ -37,6 +37,7 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import KFold
 
 from headguard.errors import InputError
+from headguard.fsutil import atomic_file
 
 FORMAT_VERSION = 8  # 2: top_k; 3: length_range; 4: units; 5: coverage names its code sources; 6: length bands;
 # 7: whether length bands were asked for, apart from the short band; 8: each unit's tail scale
@@ -304,9 +305,9 @@ class Calibration:
                    "band_edges": self.band_edges, "band_offsets": self.band_offsets}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp), metadata=meta)
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp),
+                      metadata=meta)
 
     @classmethod
     def load(cls, path: Path) -> Calibration:

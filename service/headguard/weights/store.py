@@ -8,14 +8,13 @@ patches: on one machine the file alone; with Redis the file is the copy that out
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import tempfile
 import time
 from pathlib import Path
 
 from headguard.errors import InputError
+from headguard.fsutil import atomic_file
 from headguard.repair.patch import MANIFEST, Patch
 
 BASE = "base"
@@ -81,9 +80,7 @@ class WeightsStore:
             Patch.load(self.path(version))  # verified (checksum) before anyone is told to load it
         if self.redis is not None:
             self.redis.set(ACTIVE_KEY, version)  # first: with Redis down nothing changes, the file included
-        fd, tmp = tempfile.mkstemp(prefix=".ACTIVE.", dir=self.root)
-        with os.fdopen(fd, "w") as f:
-            f.write(version + "\n")
-        os.replace(tmp, self.root / "ACTIVE")
+        with atomic_file(self.root / "ACTIVE") as tmp:
+            tmp.write_text(version + "\n")
         if self.redis is not None:
             self.redis.publish(CHANNEL, version)
