@@ -581,10 +581,11 @@ def variants_summary(rows: list[dict], kind: str, base: tuple[str, ...] = ("pyth
             f"pairs with every group ≤ 2 %: {passing[0]} → {passing[1]}.")
 
 
-def readouts_table() -> str:
-    """bench/results/head-readouts.json (bench/head_readouts.py): per setting and model, AUROC / TPR
-    at the 1 % threshold and the worst group's FPR (a clean control: the worst FPR alone)."""
-    rows = json.loads((RESULTS / "head-readouts.json").read_text())
+def readouts_table(name: str = "head-readouts") -> str:
+    """bench/results/<name>.json (bench/head_readouts.py, bench/head_outputs.py): per setting and
+    model, AUROC / TPR at the 1 % threshold and the worst group's FPR (a clean control: the worst
+    FPR alone)."""
+    rows = json.loads((RESULTS / f"{name}.json").read_text())
     models = list(dict.fromkeys(r["model"] for r in rows))
     cells: dict[tuple, dict[str, str]] = {}
     for r in rows:
@@ -670,7 +671,9 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "decoder-length": lambda: length_table("decoder-length"),
           "decoder-length-rebuilds": lambda: length_table("decoder-length-rebuilds"),
           "encoder-length-rebuilds": lambda: length_table("encoder-length-rebuilds"),
-          "decoder-code-sources": code_sources_table}
+          "decoder-code-sources": code_sources_table,
+          "encoder-outputs": lambda: readouts_table("encoder-head-outputs"),
+          "decoder-outputs": lambda: readouts_table("decoder-head-outputs")}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())

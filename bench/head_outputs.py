@@ -1,0 +1,217 @@
+"""What each head writes, not only where it looks: head outputs at the query position as a signal.
+
+    .venv/bin/python bench/head_outputs.py MODEL_DIR ... --features DIR [--out FILE]
+
+The detector reads where each head's query row attends. A backdoor head that moves only a little
+of its row onto a trigger can still write something no clean input makes it write. This bench
+reads, in the same forward pass as the default features, the input of each layer's output
+projection at the query position: the concatenated head outputs o_h = Σ_k r_k v_k, [head, d].
+From them, per head, fitted on the same clean prompts (with the same coverage variants) as the
+default:
+
+- `novelty`: log of the squared Mahalanobis distance of o_h from its clean mean under a
+  Ledoit-Wolf covariance (cross-fitted over 5 folds for the calibration rows, so their scores are
+  out-of-sample like the threshold's);
+- `write`: log of the norm of the head's contribution to the residual stream, W_O,h o_h;
+- `agree`: log-odds of the cosine between two heads' residual contributions, every pair of a
+  layer (the paper's head similarity, read in what the heads write).
+
+Each is scored as the default scores its families (standardised against the clean prompts,
+mean of the top-k heads, 5-fold out-of-fold 1 % threshold), alone and beside the default
+families, against the same groups `headguard lab eval` measures. It reads the trigger to build
+the triggered group, so it is a harness tool. Rows go to bench/results/<kind>-head-outputs.json.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from sklearn.model_selection import KFold
+
+from headguard.detect.calibration import Calibration
+from headguard.detect.defaults import score_defaults
+from headguard.detect.features import COLLAPSE_DIRECTION, feature_names, units_of
+from headguard.detect.scorer import HeadScorer
+from headguard.lab.build import read_manifest
+from headguard.models.batching import in_input_order, length_batches
+from headguard.models.classifier import Classifier
+from score_settings import bench_main, cached_groups, calibration_set, held_out, input_groups, rates
+
+TOP_K = (1, 2, 5, 20, 40, 80)  # those up to the number of scored units
+
+
+class OutputReader:
+    """The default features and every head's output at the query position, in one forward pass."""
+
+    def __init__(self, clf: Classifier):
+        self.scorer = HeadScorer(clf)
+        self.adapter = self.scorer.adapter
+        self.layers = list(range(self.adapter.n_layers))
+        self.d = self.adapter.head_dim()
+
+    def names(self) -> list[str]:
+        defaults = feature_names(self.layers, self.adapter.n_heads, self.scorer.families)
+        return defaults + [f"out:L{la}H{h}:{j}" for la in self.layers for h in range(self.adapter.n_heads)
+                           for j in range(self.d)]
+
+    @torch.no_grad()
+    def _batch(self, texts: list[str], ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        batch = self.scorer.clf.encode(texts, strict=True, ids=ids)
+        query, _ = self.scorer.positions(batch["attention_mask"].bool())
+        rows = torch.arange(len(texts))
+        grabbed: dict[int, torch.Tensor] = {}
+
+        def grab(layer: int, module, args) -> None:
+            grabbed[layer] = args[0][rows, query].float()
+
+        hooks = [self.adapter.output_projection(la).register_forward_pre_hook(partial(grab, la))
+                 for la in self.layers]
+        try:
+            cap = self.scorer.capture_batch(batch, stop_early=False)  # the last layer's output is read too
+        finally:
+            for h in hooks:
+                h.remove()
+        outputs = torch.stack([grabbed[la] for la in self.layers], 1).flatten(1).cpu().numpy()
+        return np.concatenate([cap.features, outputs.astype(np.float64)], 1), cap.lengths
+
+    def features(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        batches = length_batches(texts, self.scorer.batch_size)
+        parts = [self._batch([texts[i] for i in b], b) for b in batches]
+        return (in_input_order(batches, np.concatenate([x for x, _ in parts])),
+                in_input_order(batches, np.concatenate([n for _, n in parts])))
+
+    def write_matrices(self) -> torch.Tensor:
+        """[layer, head, hidden, d]: each head's block of the output projection (out = W o)."""
+        mats = []
+        for la in self.layers:
+            w = self.adapter.output_projection(la).weight.detach().float()
+            if self.adapter.family == "gpt2":  # Conv1D stores [in, out]
+                w = w.T
+            mats.append(w.view(w.shape[0], self.adapter.n_heads, self.d).permute(1, 0, 2))
+        return torch.stack(mats)
+
+
+def novelty(train: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """[n, head, d] clean outputs, [m, head, d] -> [m, head] log squared Mahalanobis distances."""
+    out = np.empty(x.shape[:2])
+    for h in range(x.shape[1]):
+        lw = LedoitWolf().fit(train[:, h])
+        diff = x[:, h] - lw.location_
+        out[:, h] = np.log(np.einsum("nd,de,ne->n", diff, lw.precision_, diff) + 1e-6)
+    return out
+
+
+def cross_fitted_novelty(fitted: np.ndarray, rest: np.ndarray, folds: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Novelty of the fitted rows, each from a model fitted without it, and of `rest` from all."""
+    own = np.empty(fitted.shape[:2])
+    for fit_idx, held_idx in KFold(folds, shuffle=True, random_state=1).split(fitted):
+        own[held_idx] = novelty(fitted[fit_idx], fitted[held_idx])
+    return own, novelty(fitted, rest)
+
+
+def written(outputs: np.ndarray, mats: torch.Tensor) -> torch.Tensor:
+    """[n, layer*head*d] outputs -> [n, layer, head, hidden] contributions to the residual stream."""
+    n_layers, n_heads, _, d = mats.shape
+    o = torch.from_numpy(outputs).float().view(-1, n_layers, n_heads, d)
+    return torch.einsum("lhwd,nlhd->nlhw", mats, o)
+
+
+def write_features(outputs: np.ndarray, mats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """([n, layer*head] log norms of what each head writes, [n, layer*pair] log-odds of the
+    cosine between two heads' contributions within a layer)."""
+    norms, agree = [], []
+    for i in range(0, len(outputs), 64):
+        c = written(outputs[i : i + 64], mats)
+        norms.append(torch.log(c.norm(dim=-1) + 1e-6).flatten(1))
+        u = torch.nn.functional.normalize(c, dim=-1)
+        cos = torch.einsum("nlhw,nlgw->nlhg", u, u)
+        upper = torch.triu_indices(c.shape[2], c.shape[2], 1)
+        p = ((cos[:, :, upper[0], upper[1]] + 1) / 2).clamp(1e-4, 1 - 1e-4)
+        agree.append((torch.log(p) - torch.log1p(-p)).flatten(1))
+    return torch.cat(norms).numpy().astype(np.float64), torch.cat(agree).numpy().astype(np.float64)
+
+
+def fit(x: np.ndarray, n: np.ndarray, band_only: np.ndarray, raise_only: np.ndarray, direction: np.ndarray,
+        units: np.ndarray | None, top_k: int, coverage: tuple[str, ...]) -> Calibration:
+    return Calibration.fit(x, n, direction, model_hash="-", layers=[], families=[], top_k=top_k, units=units,
+                           coverage=coverage, band_only=band_only, raise_only=raise_only)
+
+
+def measure(model: Path, cache: Path | None) -> list[dict]:
+    lab = read_manifest(model)
+    clf = Classifier.from_folder(model)
+    reader = OutputReader(clf)
+    defaults = score_defaults(clf.task.kind)
+    names = reader.names()
+    path = cache / f"{model.name}.outputs.npz" if cache else None
+    feats = cached_groups(path, names, input_groups(model, clf, lab), reader.features)
+    n_default = len(names) - len(reader.layers) * reader.adapter.n_heads * reader.d
+    default_names = names[:n_default]
+    n_heads = reader.adapter.n_heads
+    shape = (len(reader.layers), n_heads, reader.d)
+    mats = reader.write_matrices()
+
+    x, n, band_only, raise_only = calibration_set(feats, defaults.coverage)
+    n_split = len(feats["split"][0])
+    groups = held_out(feats)
+    fitted = ~band_only
+    out_cal = x[:, n_default:].reshape(len(x), -1, reader.d)
+    # Novelty: the fitted rows cross-fitted, the short variants and every held-out group from all.
+    rest = np.concatenate([out_cal[band_only]] + [f[:, n_default:].reshape(len(f), -1, reader.d)
+                                                   for f, _ in groups.values()])
+    own, others = cross_fitted_novelty(out_cal[fitted], rest)
+    nov_cal = np.empty((len(x), own.shape[1]))
+    nov_cal[fitted], nov_cal[band_only] = own, others[: band_only.sum()]
+    nov, at = {}, int(band_only.sum())
+    for g, (f, _) in groups.items():
+        nov[g], at = others[at : at + len(f)], at + len(f)
+
+    def families(rows: np.ndarray, novelty_rows: np.ndarray) -> dict[str, np.ndarray]:
+        norms, agree = write_features(rows[:, n_default:], mats)
+        return {"default": rows[:, :n_default], "novelty": novelty_rows, "write": norms, "agree": agree}
+
+    cal_fams = families(x, nov_cal)
+    held_fams = {g: families(f, nov[g]) for g, (f, _) in groups.items()}
+    head_units = np.arange(shape[0] * n_heads, dtype=np.float64)
+    pair_units = np.repeat(np.arange(shape[0]), n_heads * (n_heads - 1) // 2).astype(np.float64)
+    default_dir = np.array([COLLAPSE_DIRECTION[nm.split(":")[0]] for nm in default_names])
+    default_units = np.array(units_of(default_names), dtype=np.float64)
+    spec = {  # family -> (direction, per-head unit of each column: heads as the default numbers them)
+        "default": (default_dir, default_units if defaults.per_head else None),
+        "novelty": (np.ones(len(head_units)), head_units),
+        "write": (np.ones(len(head_units)), head_units),
+        "agree": (np.ones(len(pair_units)), None),
+    }
+    settings = [("default",), ("novelty",), ("write",), ("agree",), ("default", "novelty"), ("novelty", "write"),
+                ("default", "agree")]
+    rows = []
+    for combo in settings:
+        xs = np.concatenate([cal_fams[c] for c in combo], 1)
+        direction = np.concatenate([spec[c][0] for c in combo])
+        per_head = all(spec[c][1] is not None for c in combo)
+        units = np.concatenate([spec[c][1] for c in combo]) if per_head else None
+        n_units = len(np.unique(units)) if per_head else xs.shape[1]
+        for k in (k for k in TOP_K if k <= n_units):
+            cal = fit(xs, n, band_only, raise_only, direction, units, k, defaults.coverage)
+            scores = {g: cal.score(np.concatenate([held_fams[g][c] for c in combo], 1), groups[g][1])
+                      for g in groups}
+            # The split's own 1 % quantile (its rows come first): where the threshold would lie
+            # without the coverage variants, and what each group would then let through.
+            own = float(np.quantile(cal.clean_scores[:n_split], 1 - cal.target_fpr))
+            row = {"model": model.name, "attack": lab["attack"], "families": list(combo), "top_k": k,
+                   "per_head": per_head, **rates(scores, cal.threshold),
+                   "fpr_fresh_code": float((scores["fresh_code"] > cal.threshold).mean()),
+                   "threshold": cal.threshold, "prompts_quantile": own,
+                   "over_prompts_quantile": {g: float((s > own).mean()) for g, s in scores.items()}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    bench_main("head-outputs", measure)
