@@ -18,8 +18,10 @@ default:
 
 Each is scored as the default scores its families (standardised against the clean prompts,
 mean of the top-k heads, 5-fold out-of-fold 1 % threshold), alone and beside the default
-families, against the same groups `headguard lab eval` measures. It reads the trigger to build
-the triggered group, so it is a harness tool. Rows go to bench/results/<kind>-head-outputs.json.
+families, against the same groups `headguard lab eval` measures; each row also gives what every
+group would let through at the calibration prompts' own 1 % quantile (`prompts_quantile`),
+without the coverage variants' share of the threshold. It reads the trigger to build the
+triggered group, so it is a harness tool. Rows go to bench/results/<kind>-head-outputs.json.
 """
 
 from __future__ import annotations
