@@ -14,11 +14,16 @@ default:
   out-of-sample like the threshold's);
 - `write`: log of the norm of the head's contribution to the residual stream, W_O,h o_h;
 - `agree`: log-odds of the cosine between two heads' residual contributions, every pair of a
-  layer (the paper's head similarity, read in what the heads write).
+  layer (the paper's head similarity, read in what the heads write);
+- `toward` (a decoder read through a two-word verbalizer): what the head adds to the logit of the
+  label that all heads push toward together, read through the final norm's weight and the
+  unembedding (direct logit attribution, up to the norm's per-input scale). It uses the task's
+  label words, never the target label or the trigger.
 
 Each is scored as the default scores its families (standardised against the clean prompts,
 mean of the top-k heads, 5-fold out-of-fold 1 % threshold), alone and beside the default
-families, against the same groups `headguard lab eval` measures; each row also gives what every
+families, against the same groups `headguard lab eval` measures, and `toward` also as a second
+score beside the default's (flagged when either is past its own threshold); each row also gives what every
 group would let through at the calibration prompts' own 1 % quantile (`prompts_quantile`),
 without the coverage variants' share of the threshold. It reads the trigger to build the
 triggered group, so it is a harness tool. Rows go to bench/results/<kind>-head-outputs.json.
@@ -123,6 +128,27 @@ def written(outputs: np.ndarray, mats: torch.Tensor) -> torch.Tensor:
     return torch.einsum("lhwd,nlhd->nlhw", mats, o)
 
 
+def label_readout(clf: Classifier, mats: torch.Tensor) -> np.ndarray | None:
+    """[layer*head, d]: per head, the vector whose dot product with the head's output is what it
+    adds to the logit of the second label word over the first, up to the final RMS norm's
+    per-input scale (the same for every head of an input). None where that is not linear: an
+    encoder (pooler, classifier head), a task of more than two labels, a norm with a bias."""
+    model, ids = clf.model, clf._label_ids
+    norm = getattr(getattr(model, "model", None), "norm", None)
+    if ids is None or len(ids) != 2 or norm is None or getattr(norm, "bias", None) is not None:
+        return None
+    unembed = model.get_output_embeddings().weight.detach().float()
+    u = norm.weight.detach().float() * (unembed[ids[1]] - unembed[ids[0]])
+    return torch.einsum("lhwd,w->lhd", mats, u).reshape(-1, mats.shape[-1]).numpy().astype(np.float64)
+
+
+def toward(outputs: np.ndarray, readout: np.ndarray) -> np.ndarray:
+    """[n, layer*head]: what each head adds to the logit of the label all heads push toward
+    together (the sign of their summed contributions), not knowing which label a backdoor targets."""
+    logit = np.einsum("nhd,hd->nh", outputs.reshape(len(outputs), *readout.shape), readout)
+    return logit * np.sign(logit.sum(1, keepdims=True))
+
+
 def write_features(outputs: np.ndarray, mats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """([n, layer*head] log norms of what each head writes, [n, layer*pair] log-odds of the
     cosine between two heads' contributions within a layer)."""
@@ -173,9 +199,14 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     for g, (f, _) in groups.items():
         nov[g], at = others[at : at + len(f)], at + len(f)
 
+    readout = label_readout(clf, mats)
+
     def families(rows: np.ndarray, novelty_rows: np.ndarray) -> dict[str, np.ndarray]:
         norms, agree = write_features(rows[:, n_default:], mats)
-        return {"default": rows[:, :n_default], "novelty": novelty_rows, "write": norms, "agree": agree}
+        fams = {"default": rows[:, :n_default], "novelty": novelty_rows, "write": norms, "agree": agree}
+        if readout is not None:
+            fams["toward"] = toward(rows[:, n_default:], readout)
+        return fams
 
     cal_fams = families(x, nov_cal)
     held_fams = {g: families(f, nov[g]) for g, (f, _) in groups.items()}
@@ -188,10 +219,24 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
         "novelty": (np.ones(len(head_units)), head_units),
         "write": (np.ones(len(head_units)), head_units),
         "agree": (np.ones(len(pair_units)), None),
+        "toward": (np.ones(len(head_units)), head_units),
     }
     settings = [("default",), ("novelty",), ("write",), ("agree",), ("default", "novelty"), ("novelty", "write"),
-                ("default", "agree")]
-    rows = []
+                ("default", "agree")] + ([("toward",), ("default", "toward")] if readout is not None else [])
+
+    def row(families: list[str], k: int, per_head: bool, scores: dict, threshold: float, clean: np.ndarray) -> dict:
+        # The split's own 1 % quantile (its rows come first): where the threshold would lie
+        # without the coverage variants, and what each group would then let through.
+        own = float(np.quantile(clean[:n_split], 0.99))
+        r = {"model": model.name, "attack": lab["attack"], "families": families, "top_k": k,
+             "per_head": per_head, **rates(scores, threshold),
+             "fpr_fresh_code": float((scores["fresh_code"] > threshold).mean()),
+             "threshold": threshold, "prompts_quantile": own,
+             "over_prompts_quantile": {g: float((s > own).mean()) for g, s in scores.items()}}
+        print(json.dumps(r), flush=True)
+        return r
+
+    rows, fits = [], {}
     for combo in settings:
         xs = np.concatenate([cal_fams[c] for c in combo], 1)
         direction = np.concatenate([spec[c][0] for c in combo])
@@ -202,16 +247,19 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
             cal = fit(xs, n, band_only, raise_only, direction, units, k, defaults.coverage)
             scores = {g: cal.score(np.concatenate([held_fams[g][c] for c in combo], 1), groups[g][1])
                       for g in groups}
-            # The split's own 1 % quantile (its rows come first): where the threshold would lie
-            # without the coverage variants, and what each group would then let through.
-            own = float(np.quantile(cal.clean_scores[:n_split], 1 - cal.target_fpr))
-            row = {"model": model.name, "attack": lab["attack"], "families": list(combo), "top_k": k,
-                   "per_head": per_head, **rates(scores, cal.threshold),
-                   "fpr_fresh_code": float((scores["fresh_code"] > cal.threshold).mean()),
-                   "threshold": cal.threshold, "prompts_quantile": own,
-                   "over_prompts_quantile": {g: float((s > own).mean()) for g, s in scores.items()}}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            fits[combo, k] = cal, scores
+            rows.append(row(list(combo), k, per_head, scores, cal.threshold, cal.clean_scores))
+    if readout is not None:
+        # Either score past its own threshold: each divided by its threshold, the larger read, and
+        # the union's threshold the 1 % quantile of that over the out-of-fold calibration scores
+        # (never under 1: neither score's own threshold is lowered).
+        base, base_scores = fits[("default",), defaults.top_k]
+        for k in (k for k in TOP_K if k <= 5):
+            cal, scores = fits[("toward",), k]
+            clean = np.maximum(base.clean_scores / base.threshold, cal.clean_scores / cal.threshold)
+            threshold = max(1.0, float(np.quantile(clean[fitted], 0.99)))
+            either = {g: np.maximum(base_scores[g] / base.threshold, scores[g] / cal.threshold) for g in groups}
+            rows.append(row([f"default (top {defaults.top_k}) or toward"], k, True, either, threshold, clean))
     return rows
 
 
