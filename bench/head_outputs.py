@@ -46,7 +46,7 @@ from headguard.detect.features import COLLAPSE_DIRECTION, feature_names, units_o
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.build import read_manifest
 from headguard.models.batching import in_input_order, length_batches
-from headguard.models.classifier import Classifier
+from headguard.models.classifier import Classifier, verbalizer_ids
 from score_settings import bench_main, cached_groups, calibration_set, held_out, input_groups, rates
 
 TOP_K = (1, 2, 5, 20, 40, 80)  # those up to the number of scored units
@@ -133,10 +133,11 @@ def label_readout(clf: Classifier, mats: torch.Tensor) -> np.ndarray | None:
     adds to the logit of the second label word over the first, up to the final RMS norm's
     per-input scale (the same for every head of an input). None where that is not linear: an
     encoder (pooler, classifier head), a task of more than two labels, a norm with a bias."""
-    model, ids = clf.model, clf._label_ids
+    model, words = clf.model, clf.task.verbalizer
     norm = getattr(getattr(model, "model", None), "norm", None)
-    if ids is None or len(ids) != 2 or norm is None or getattr(norm, "bias", None) is not None:
+    if not words or len(words) != 2 or norm is None or getattr(norm, "bias", None) is not None:
         return None
+    ids = verbalizer_ids(clf.tokenizer, clf.task)
     unembed = model.get_output_embeddings().weight.detach().float()
     u = norm.weight.detach().float() * (unembed[ids[1]] - unembed[ids[0]])
     return torch.einsum("lhwd,w->lhd", mats, u).reshape(-1, mats.shape[-1]).numpy().astype(np.float64)
