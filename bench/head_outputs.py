@@ -32,6 +32,8 @@ triggered group, so it is a harness tool. Rows go to bench/results/<kind>-head-o
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from sklearn.model_selection import KFold
 from headguard.detect.calibration import Calibration
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import COLLAPSE_DIRECTION, feature_names, units_of
+from headguard.detect.heads import Adapter
 from headguard.detect.scorer import HeadScorer
 from headguard.lab.build import read_manifest
 from headguard.models.batching import in_input_order, length_batches
@@ -50,6 +53,24 @@ from headguard.models.classifier import Classifier, verbalizer_ids
 from score_settings import bench_main, cached_groups, calibration_set, held_out, input_groups, rates
 
 TOP_K = (1, 2, 5, 20, 40, 80)  # those up to the number of scored units
+
+
+@contextmanager
+def query_outputs(adapter: Adapter, layers: list[int], query: torch.Tensor) -> Iterator[dict[int, torch.Tensor]]:
+    """While open, each forward pass fills layer -> [batch, head * d]: the input of the layer's
+    output projection (its heads' outputs, concatenated) at each input's query position."""
+    rows = torch.arange(len(query))
+    grabbed: dict[int, torch.Tensor] = {}
+
+    def grab(layer: int, _module, args) -> None:
+        grabbed[layer] = args[0][rows, query].float()
+
+    hooks = [adapter.output_projection(la).register_forward_pre_hook(partial(grab, la)) for la in layers]
+    try:
+        yield grabbed
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 class OutputReader:
@@ -70,19 +91,8 @@ class OutputReader:
     def _batch(self, texts: list[str], ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         batch = self.scorer.clf.encode(texts, strict=True, ids=ids)
         query, _ = self.scorer.positions(batch["attention_mask"].bool())
-        rows = torch.arange(len(texts))
-        grabbed: dict[int, torch.Tensor] = {}
-
-        def grab(layer: int, module, args) -> None:
-            grabbed[layer] = args[0][rows, query].float()
-
-        hooks = [self.adapter.output_projection(la).register_forward_pre_hook(partial(grab, la))
-                 for la in self.layers]
-        try:
+        with query_outputs(self.adapter, self.layers, query) as grabbed:
             cap = self.scorer.capture_batch(batch, stop_early=False)  # the last layer's output is read too
-        finally:
-            for h in hooks:
-                h.remove()
         outputs = torch.stack([grabbed[la] for la in self.layers], 1).flatten(1).cpu().numpy()
         return np.concatenate([cap.features, outputs.astype(np.float64)], 1), cap.lengths
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from head_outputs import query_outputs
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names
 from headguard.detect.scorer import HeadScorer
@@ -64,15 +65,8 @@ def batch_features(scorer: HeadScorer, batch: dict) -> tuple[np.ndarray, np.ndar
     every head; content lengths)."""
     adapter = scorer.adapter
     query, _ = scorer.positions(batch["attention_mask"].bool())
-    idx = torch.arange(len(query))
-    outputs: dict[int, torch.Tensor] = {}
     values: dict[int, torch.Tensor] = {}
     d, h = adapter.head_dim(), adapter.n_heads
-
-    def hook(layer):
-        def keep(_module, args):
-            outputs[layer] = args[0][idx, query].float()  # [batch, head * d]
-        return keep
 
     def value_hook(layer):
         def keep(_module, _args, output):
@@ -80,10 +74,10 @@ def batch_features(scorer: HeadScorer, batch: dict) -> tuple[np.ndarray, np.ndar
             values[layer] = output.float().view(b, t, -1, d).norm(dim=-1)  # [batch, key, kv_head]
         return keep
 
-    handles = [adapter.output_projection(layer).register_forward_pre_hook(hook(layer)) for layer in scorer.layers]
-    handles += [value_projection(adapter, layer).register_forward_hook(value_hook(layer)) for layer in scorer.layers]
+    handles = [value_projection(adapter, layer).register_forward_hook(value_hook(layer)) for layer in scorer.layers]
     try:
-        cap = scorer.capture_batch(batch, stop_early=False)
+        with query_outputs(adapter, scorer.layers, query) as outputs:  # layer -> [batch, head * d]
+            cap = scorer.capture_batch(batch, stop_early=False)
     finally:
         for handle in handles:
             handle.remove()
