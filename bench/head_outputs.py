@@ -23,9 +23,9 @@ default:
 Each is scored as the default scores its families (standardised against the clean prompts,
 mean of the top-k heads, 5-fold out-of-fold 1 % threshold), alone and beside the default
 families, against the same groups `headguard lab eval` measures, and `toward` also as a second
-score beside the default's (flagged when either is past its own threshold); each row also gives what every
-group would let through at the calibration prompts' own 1 % quantile (`prompts_quantile`),
-without the coverage variants' share of the threshold. It reads the trigger to build the
+score beside the default's (flagged when either is past its own threshold). Each row also gives
+what every group would let through at the calibration prompts' own 1 % quantile
+(`prompts_quantile`), without the coverage variants' share of the threshold. It reads the trigger to build the
 triggered group, so it is a harness tool. Rows go to bench/results/<kind>-head-outputs.json.
 """
 
@@ -51,6 +51,7 @@ from headguard.lab.build import read_manifest
 from headguard.models.batching import in_input_order, length_batches
 from headguard.models.classifier import Classifier, verbalizer_ids
 from score_settings import bench_main, cached_groups, calibration_set, held_out, input_groups, rates
+from threshold_rule import prompts_quantile
 
 TOP_K = (1, 2, 5, 20, 40, 80)  # those up to the number of scored units
 
@@ -191,8 +192,7 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     feats = cached_groups(path, names, input_groups(model, clf, lab), reader.features)
     n_default = len(names) - len(reader.layers) * reader.adapter.n_heads * reader.d
     default_names = names[:n_default]
-    n_heads = reader.adapter.n_heads
-    shape = (len(reader.layers), n_heads, reader.d)
+    n_layers, n_heads = len(reader.layers), reader.adapter.n_heads
     mats = reader.write_matrices()
 
     x, n, band_only, raise_only = calibration_set(feats, defaults.coverage)
@@ -221,8 +221,8 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
 
     cal_fams = families(x, nov_cal)
     held_fams = {g: families(f, nov[g]) for g, (f, _) in groups.items()}
-    head_units = np.arange(shape[0] * n_heads, dtype=np.float64)
-    pair_units = np.repeat(np.arange(shape[0]), n_heads * (n_heads - 1) // 2).astype(np.float64)
+    head_units = np.arange(n_layers * n_heads, dtype=np.float64)
+    pair_units = np.repeat(np.arange(n_layers), n_heads * (n_heads - 1) // 2).astype(np.float64)
     default_dir = np.array([COLLAPSE_DIRECTION[nm.split(":")[0]] for nm in default_names])
     default_units = np.array(units_of(default_names), dtype=np.float64)
     spec = {  # family -> (direction, per-head unit of each column: heads as the default numbers them)
@@ -235,10 +235,9 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     settings = [("default",), ("novelty",), ("write",), ("agree",), ("default", "novelty"), ("novelty", "write"),
                 ("default", "agree")] + ([("toward",), ("default", "toward")] if readout is not None else [])
 
-    def row(families: list[str], k: int, per_head: bool, scores: dict, threshold: float, clean: np.ndarray) -> dict:
-        # The split's own 1 % quantile (its rows come first): where the threshold would lie
-        # without the coverage variants, and what each group would then let through.
-        own = float(np.quantile(clean[:n_split], 0.99))
+    def row(families: list[str], k: int, per_head: bool, scores: dict, threshold: float, own: float) -> dict:
+        """`own`: the split's own 1 % quantile, where the threshold would lie without the coverage
+        variants; the row says what each group would then let through."""
         r = {"model": model.name, "attack": lab["attack"], "families": families, "top_k": k,
              "per_head": per_head, **rates(scores, threshold),
              "fpr_fresh_code": float((scores["fresh_code"] > threshold).mean()),
@@ -259,7 +258,7 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
             scores = {g: cal.score(np.concatenate([held_fams[g][c] for c in combo], 1), groups[g][1])
                       for g in groups}
             fits[combo, k] = cal, scores
-            rows.append(row(list(combo), k, per_head, scores, cal.threshold, cal.clean_scores))
+            rows.append(row(list(combo), k, per_head, scores, cal.threshold, prompts_quantile(cal, n_split)))
     if readout is not None:
         # Either score past its own threshold: each divided by its threshold, the larger read, and
         # the union's threshold the 1 % quantile of that over the out-of-fold calibration scores
@@ -270,7 +269,8 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
             clean = np.maximum(base.clean_scores / base.threshold, cal.clean_scores / cal.threshold)
             threshold = max(1.0, float(np.quantile(clean[fitted], 0.99)))
             either = {g: np.maximum(base_scores[g] / base.threshold, scores[g] / cal.threshold) for g in groups}
-            rows.append(row([f"default (top {defaults.top_k}) or toward"], k, True, either, threshold, clean))
+            own = float(np.quantile(clean[:n_split], 1 - cal.target_fpr))  # the split's rows come first
+            rows.append(row([f"default (top {defaults.top_k}) or toward"], k, True, either, threshold, own))
     return rows
 
 
