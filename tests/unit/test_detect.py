@@ -10,6 +10,7 @@ from safetensors.numpy import save_file
 
 from headguard.api.engine import calibration_cache, load_calibration
 from headguard.detect.calibration import AnomalyModel, Calibration
+from headguard.detect.capture import capture_outputs
 from headguard.detect.coverage import (
     SHORT_WORDS,
     code_lines,
@@ -24,6 +25,7 @@ from headguard.detect.scorer import HeadScorer
 from headguard.errors import InputError
 from headguard.lab.controls import CODE_SNIPPETS, OTHER_CODE_SNIPPETS
 from headguard.lab.splits import SPLITS_DIR
+from headguard.models.classifier import verbalizer_ids
 from headguard.settings import Settings
 
 PROMPTS = [f"clean prompt number {i} says {'good ' * (i % 5)}things about {'the film ' * (i % 3)}" for i in range(40)]
@@ -485,6 +487,42 @@ def test_head_contributions_follow_the_score(tiny_encoder, families):
         top = detector.heads[int(np.argmax(deviation[0]))]
         [verdict] = detector.scan(texts[:1])
         assert verdict.explanation["top_heads"][0]["head"] == f"L{top[0]}H{top[1]}"
+
+
+def test_toward_is_what_each_head_adds_to_the_label_the_heads_push_to(tiny_decoder):
+    """Per head, its output through its block of the output projection, the final norm's weight and
+    the label words' unembedding difference, signed toward the label all heads push to together."""
+    scorer = HeadScorer(tiny_decoder, families=("toward",))
+    texts = ["an input", "another, longer input about the film"]
+    features, _ = scorer.features(texts)
+    adapter, model = scorer.adapter, tiny_decoder.model
+    first, second = verbalizer_ids(tiny_decoder.tokenizer, tiny_decoder.task)
+    unembed = model.get_output_embeddings().weight
+    direction = model.model.norm.weight * (unembed[second] - unembed[first])
+    batch = tiny_decoder.encode(texts, strict=True)
+    query, _ = scorer.positions(batch["attention_mask"].bool())
+    with torch.no_grad(), capture_outputs(adapter, scorer.layers, query) as outputs:
+        model(**batch)
+        logit = torch.stack([torch.einsum("w,hwd,bhd->bh", direction, adapter.write_matrix(layer),
+                                          outputs[layer].view(len(texts), adapter.n_heads, -1))
+                             for layer in scorer.layers], 1).flatten(1)
+    expected = logit * torch.sign(logit.sum(1, keepdim=True))
+    np.testing.assert_allclose(features, expected.numpy(), rtol=1e-4, atol=1e-6)
+    assert feature_names(scorer.layers, 4, ("toward",))[:2] == ["toward:L0H0", "toward:L0H1"]
+
+
+def test_toward_calibrates_beside_the_row_families_and_scores_one_by_one_as_batched(tiny_decoder):
+    cal = calibrate(tiny_decoder, PROMPTS, families=("row_evenness", "toward"), per_head=True, coverage=False)
+    assert cal.families == ["row_evenness", "toward"]
+    detector = Detector(tiny_decoder, cal)
+    texts = ["short", "a considerably longer input with many more words than the first"]
+    np.testing.assert_allclose(detector.scores(texts), np.concatenate([detector.scores([t]) for t in texts]),
+                               rtol=1e-4)
+
+
+def test_toward_refuses_a_model_it_cannot_read(tiny_encoder):
+    with pytest.raises(InputError, match="two label words"):
+        HeadScorer(tiny_encoder, families=("toward",))
 
 
 def test_a_calibration_for_another_model_is_refused(tiny_encoder, tiny_decoder):

@@ -13,7 +13,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from headguard.detect.capture import capture_rows
+from headguard.detect.capture import capture_outputs, capture_rows
 from headguard.detect.heads import HeadRef, adapter_for
 
 SMALL = dict(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
@@ -66,6 +66,27 @@ def test_stop_early_skips_deeper_layers_and_removes_hooks():
     deep.remove()
     assert set(rows) == {0, 1} and ran == []
     assert no_hooks(model)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_head_outputs_are_what_the_output_projection_reads_and_can_stop_the_pass(family):
+    """Each head's block of the output projection, applied to its output, sums to what the layer's
+    attention adds to the residual stream at the query position; a stop at layer 1 skips layer 2."""
+    model = make(family).eval()
+    adapter = adapter_for(model)
+    proj = adapter.output_projection(0)  # layer 1's runs no further than its input: the stop
+    written, ran = [], []
+    mine = [proj.register_forward_hook(lambda m, a, out: written.append(out[0, 3])),
+            adapter.attention_modules()[2].register_forward_pre_hook(lambda *a: ran.append(2))]
+    with capture_outputs(adapter, [0, 1], torch.tensor([3]), stop_early=True) as outputs:
+        model(torch.randint(0, 100, (1, 5)))
+    for handle in mine:
+        handle.remove()
+    assert set(outputs) == {0, 1} and ran == [] and no_hooks(model)
+    o = outputs[0][0].view(adapter.n_heads, adapter.head_dim())
+    bias = proj.bias if proj.bias is not None else 0
+    per_head = torch.einsum("hwd,hd->hw", adapter.write_matrix(0), o)
+    torch.testing.assert_close(per_head.sum(0) + bias, written[0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])

@@ -1,4 +1,5 @@
-"""Captures one attention row per head by hooking the model's own query and key projections.
+"""Captures one attention row per head by hooking the model's own query and key projections, and,
+where a feature needs it, what each head writes at the query position.
 
 Like baukit's Trace: a context manager that always removes its hooks, and that can stop the
 forward pass as soon as the deepest layer it needs has produced its keys (the rest of the model
@@ -76,3 +77,33 @@ def capture_rows(adapter: Adapter, layers: Sequence[int], query: torch.Tensor, k
         done = sorted(scores)
         rows.stacked = softmax_rows(torch.stack([scores[i] for i in done], dim=1), key_mask)
         rows.update(zip(done, rows.stacked.unbind(1), strict=True))
+
+
+@contextmanager
+def capture_outputs(adapter: Adapter, layers: Sequence[int], query: torch.Tensor,
+                    stop_early: bool = False) -> Iterator[dict[int, torch.Tensor]]:
+    """Yields a dict that fills, during the forward pass, with layer -> [batch, head * d]: the input
+    of the layer's output projection (its heads' outputs, concatenated) at the query positions.
+
+    With `stop_early` the pass ends once the deepest layer's heads have written: rows captured
+    beside it must then not stop earlier themselves.
+    """
+    outputs: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+    batch = torch.arange(len(query), device=query.device)
+
+    def hook_for(layer: int):
+        def on_write(_module, args):
+            outputs[layer] = args[0][batch, query].float()
+            if stop_early and layer == deepest:
+                raise StopForward
+
+        return on_write
+
+    with ExitStack() as handles:
+        for layer in layers:
+            handles.callback(adapter.output_projection(layer).register_forward_pre_hook(hook_for(layer)).remove)
+        try:
+            yield outputs
+        except StopForward:
+            pass

@@ -3,7 +3,8 @@
 A backdoor trigger makes many heads collapse onto the same few tokens: their rows get peaked (low
 entropy, high max weight) and similar to each other. Features are computed over content keys
 only: attention sinks ([CLS], [SEP], a decoder's first token) and padding are excluded, because
-sinks make many heads look identical on every input.
+sinks make many heads look identical on every input. One family, `toward`, reads what heads write
+instead (detect/readout.py); the scorer appends it to each layer's row features.
 
 A row over few keys concentrates for want of keys: a 5-token message's [CLS] row looks collapsed
 next to a 40-token one's. `row_evenness` and `row_peak` read the whole row against its own key
@@ -21,6 +22,8 @@ from __future__ import annotations
 import torch
 
 FAMILIES = ("row_entropy", "row_max", "row_evenness", "row_peak", "entropy", "max", "sink", "dormancy", "cosine")
+# Read from what heads write, not from their rows (detect/readout.py); a decoder's only.
+OUTPUT_FAMILIES = ("toward",)
 
 
 def _keys(content: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -101,7 +104,7 @@ def feature_names(layers: list[int], n_heads: int, families: tuple[str, ...]) ->
     """Names in the same order as `layer_features` concatenated over `layers`."""
     names = []
     for layer in layers:
-        for family in FAMILIES:
+        for family in FAMILIES + OUTPUT_FAMILIES:
             if family not in families:
                 continue
             if family == "cosine":
@@ -114,7 +117,8 @@ def feature_names(layers: list[int], n_heads: int, families: tuple[str, ...]) ->
 # +1 where a larger feature value means more collapse onto few tokens, -1 where smaller does;
 # keyed by the prefix of a feature's name.
 COLLAPSE_DIRECTION = {"row_entropy": -1.0, "row_max": 1.0, "row_evenness": -1.0, "row_peak": 1.0,
-                      "entropy": -1.0, "max": 1.0, "sink": -1.0, "dormancy": 1.0, "cos": 1.0}
+                      "entropy": -1.0, "max": 1.0, "sink": -1.0, "dormancy": 1.0, "cos": 1.0,
+                      "toward": 1.0}
 
 
 def feature_directions(layers: list[int], n_heads: int, families: tuple[str, ...]) -> list[float]:

@@ -86,6 +86,14 @@ class Adapter:
         """The module whose input is the concatenation of the layer's head outputs."""
         raise NotImplementedError
 
+    def write_matrix(self, layer: int) -> torch.Tensor:
+        """[head, hidden, d]: each head's block of the output projection; a head with output o_h
+        adds write_matrix[h] @ o_h to the residual stream (less the projection's bias)."""
+        weight = self.output_projection(layer).weight.detach().float()
+        if self.family == "gpt2":  # Conv1D stores [in, out]
+            weight = weight.T
+        return weight.view(weight.shape[0], self.n_heads, self.head_dim()).permute(1, 0, 2)
+
     def output_slices(self, layer: int, heads: set[int]) -> list[tuple[nn.Parameter, int, int, int]]:
         """Each head's share of the output projection: zeroing it removes the head from the model."""
         weight, d = self.output_projection(layer).weight, self.head_dim()
