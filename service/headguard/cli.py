@@ -43,8 +43,10 @@ def _lab_eval(args: argparse.Namespace) -> int:
     from headguard.lab.evaluate import EvalConfig, evaluate, print_report
 
     settings = get_settings()
+    scoring = {"families": _parse_families(args.families), "top_k": args.top_k, "per_head": args.per_head}
     config = EvalConfig(model=args.model, defense=args.defense, patch=args.patch, limit=args.limit,
-                        calibration_size=args.calibration_size, seed=args.seed, plot=args.plot, cache=settings.cache)
+                        calibration_size=args.calibration_size, seed=args.seed, plot=args.plot, cache=settings.cache,
+                        scoring={name: value for name, value in scoring.items() if value is not None})
     report = evaluate(config, device=settings.resolved_device())
     print_report(report)
     if args.json:
@@ -64,6 +66,19 @@ def _parse_layers(spec: str | None) -> list[int] | None:
         return [int(x) for x in spec.split(",")]
     except ValueError:
         raise InputError(f"--layers must look like '10-19' or '3,5,7', got {spec!r}") from None
+
+
+def _parse_families(spec: str | None) -> tuple[str, ...] | None:
+    """'row_evenness,toward' -> the families; None keeps the model kind's defaults."""
+    from headguard.detect.features import FAMILIES, OUTPUT_FAMILIES
+
+    if not spec:
+        return None
+    families = tuple(name.strip() for name in spec.split(",") if name.strip())
+    unknown = sorted(set(families) - set(FAMILIES + OUTPUT_FAMILIES))
+    if unknown or not families:
+        raise InputError(f"unknown feature families {unknown}; choose from {_families()}")
+    return families
 
 
 def _lab_traffic(args: argparse.Namespace) -> int:
@@ -97,7 +112,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise InputError(f"cannot write --out {args.out}: {exc.strerror or exc}") from None
     clf = Classifier.from_folder(args.model, get_settings().resolved_device())
     cal = calibrate(clf, prompts, target_fpr=args.target_fpr, layers=_parse_layers(args.layers),
-                    families=tuple(args.families.split(",")) if args.families else None, method=args.method,
+                    families=_parse_families(args.families), method=args.method,
                     n_components=args.components, length_adjust=args.length_adjust, top_k=args.top_k,
                     per_head=args.per_head, coverage=args.coverage, length_bands=args.length_bands)
     cal.save(args.out)
@@ -221,9 +236,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _families() -> str:
-    from headguard.detect.features import FAMILIES
+    from headguard.detect.features import FAMILIES, OUTPUT_FAMILIES
 
-    return ",".join(FAMILIES)
+    return ",".join(FAMILIES + OUTPUT_FAMILIES)
 
 
 def _by_kind(name: str) -> str:
@@ -276,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--calibration-size", type=int, default=400,
                    help="clean calibration prompts the defense fits its threshold on")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--families", help="headguard: score with these feature families instead of the defaults "
+                   f"({_families()})")
+    e.add_argument("--top-k", type=int, help="headguard: average the k most collapsed heads")
+    e.add_argument("--per-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="headguard: average each head's families before the top-k")
     e.add_argument("--plot", type=Path, help="save a PNG of clean vs triggered score distributions")
     e.add_argument("--json", type=Path, help="write the report as JSON")
     e.set_defaults(func=_lab_eval)

@@ -59,6 +59,15 @@ def test_eval_refuses_a_folder_that_is_not_a_lab_model(tmp_path):
     assert proc.returncode == 2 and "not a lab model" in proc.stderr
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--defense", "headguard", "--families", "toward,bogus"], "unknown feature families ['bogus']"),
+    (["--defense", "strip", "--top-k", "2"], "headguard's"),
+])
+def test_eval_refuses_scoring_settings_it_cannot_use(tmp_path, extra, message):
+    proc = run_cli("lab", "eval", "--model", str(tmp_path), *extra, check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
 def test_a_terminated_build_leaves_nothing_behind(tmp_path):
     import signal
     import subprocess

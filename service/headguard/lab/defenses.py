@@ -57,8 +57,8 @@ def _strip(cache: Path, device: str) -> Defense:
     return Strip()
 
 
-def _headguard(cache: Path, device: str) -> Defense:
-    return HeadguardDefense()
+def _headguard(cache: Path, device: str, **scoring) -> Defense:
+    return HeadguardDefense(**scoring)
 
 
 class HeadguardDefense(Defense):
@@ -86,7 +86,8 @@ class HeadguardDefense(Defense):
         return self.detector.scores(texts)
 
 
-# "none" measures the model alone. Each factory takes (cache folder, device).
-DEFENSES: dict[str, Callable[[Path, str], Defense] | None] = {
+# "none" measures the model alone. Each factory takes (cache folder, device); headguard's also
+# its scoring settings.
+DEFENSES: dict[str, Callable[..., Defense] | None] = {
     "none": None, "headguard": _headguard, "onion": _onion, "strip": _strip,
 }

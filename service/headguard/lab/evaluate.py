@@ -36,6 +36,7 @@ class EvalConfig:
     seed: int = 0
     plot: Path | None = None
     cache: Path = field(default_factory=Path)
+    scoring: dict = field(default_factory=dict)  # headguard's calibrate() settings; empty: the defaults
 
 
 def _timed_scores(defense, texts: list[str]) -> tuple[np.ndarray, float]:
@@ -69,6 +70,9 @@ def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
         raise InputError("--limit must be at least 10")
     if config.calibration_size < 20:
         raise InputError("--calibration-size must be at least 20")
+    if config.scoring and config.defense != "headguard":
+        raise InputError(f"scoring settings ({', '.join(config.scoring)}) are headguard's; "
+                         f"the {config.defense!r} defense takes none")
     patch = None
     if config.patch is not None:
         from headguard.repair.patch import Patch
@@ -104,7 +108,7 @@ def evaluate(config: EvalConfig, device: str = "cpu") -> dict:
     if factory is None:
         return report
 
-    defense = factory(config.cache, device)
+    defense = factory(config.cache, device, **config.scoring)
     started = time.perf_counter()
     threshold = defense.calibrate(clf, calibration[: config.calibration_size], TARGET_FPR)
     calibration_seconds = time.perf_counter() - started
