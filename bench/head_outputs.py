@@ -32,9 +32,6 @@ triggered group, so it is a harness tool. Rows go to bench/results/<kind>-head-o
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,35 +40,19 @@ from sklearn.covariance import LedoitWolf
 from sklearn.model_selection import KFold
 
 from headguard.detect.calibration import Calibration
+from headguard.detect.capture import capture_outputs
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import COLLAPSE_DIRECTION, feature_names, units_of
-from headguard.detect.heads import Adapter
+from headguard.detect.readout import label_readout, toward
 from headguard.detect.scorer import HeadScorer
+from headguard.errors import InputError
 from headguard.lab.build import read_manifest
 from headguard.models.batching import in_input_order, length_batches
-from headguard.models.classifier import Classifier, verbalizer_ids
+from headguard.models.classifier import Classifier
 from score_settings import bench_main, cached_groups, calibration_set, held_out, input_groups, rates
 from threshold_rule import prompts_quantile
 
 TOP_K = (1, 2, 5, 20, 40, 80)  # those up to the number of scored units
-
-
-@contextmanager
-def query_outputs(adapter: Adapter, layers: list[int], query: torch.Tensor) -> Iterator[dict[int, torch.Tensor]]:
-    """While open, each forward pass fills layer -> [batch, head * d]: the input of the layer's
-    output projection (its heads' outputs, concatenated) at each input's query position."""
-    rows = torch.arange(len(query))
-    grabbed: dict[int, torch.Tensor] = {}
-
-    def grab(layer: int, _module, args) -> None:
-        grabbed[layer] = args[0][rows, query].float()
-
-    hooks = [adapter.output_projection(la).register_forward_pre_hook(partial(grab, la)) for la in layers]
-    try:
-        yield grabbed
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 class OutputReader:
@@ -92,7 +73,7 @@ class OutputReader:
     def _batch(self, texts: list[str], ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         batch = self.scorer.clf.encode(texts, strict=True, ids=ids)
         query, _ = self.scorer.positions(batch["attention_mask"].bool())
-        with query_outputs(self.adapter, self.layers, query) as grabbed:
+        with capture_outputs(self.adapter, self.layers, query) as grabbed:
             cap = self.scorer.capture_batch(batch, stop_early=False)  # the last layer's output is read too
         outputs = torch.stack([grabbed[la] for la in self.layers], 1).flatten(1).cpu().numpy()
         return np.concatenate([cap.features, outputs.astype(np.float64)], 1), cap.lengths
@@ -105,13 +86,7 @@ class OutputReader:
 
     def write_matrices(self) -> torch.Tensor:
         """[layer, head, hidden, d]: each head's block of the output projection (out = W o)."""
-        mats = []
-        for la in self.layers:
-            w = self.adapter.output_projection(la).weight.detach().float()
-            if self.adapter.family == "gpt2":  # Conv1D stores [in, out]
-                w = w.T
-            mats.append(w.view(w.shape[0], self.adapter.n_heads, self.d).permute(1, 0, 2))
-        return torch.stack(mats)
+        return torch.stack([self.adapter.write_matrix(la) for la in self.layers])
 
 
 def novelty(train: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -139,26 +114,19 @@ def written(outputs: np.ndarray, mats: torch.Tensor) -> torch.Tensor:
     return torch.einsum("lhwd,nlhd->nlhw", mats, o)
 
 
-def label_readout(clf: Classifier, mats: torch.Tensor) -> np.ndarray | None:
-    """[layer*head, d]: per head, the vector whose dot product with the head's output is what it
-    adds to the logit of the second label word over the first, up to the final RMS norm's
-    per-input scale (the same for every head of an input). None where that is not linear: an
-    encoder (pooler, classifier head), a task of more than two labels, a norm with a bias."""
-    model, words = clf.model, clf.task.verbalizer
-    norm = getattr(getattr(model, "model", None), "norm", None)
-    if not words or len(words) != 2 or norm is None or getattr(norm, "bias", None) is not None:
+def readout_or_none(reader: OutputReader) -> torch.Tensor | None:
+    """headguard's `toward` readout [layer, head, d] in float64, or None where the model has none
+    (an encoder: pooler and classifier head; more than two labels; a norm with a bias)."""
+    try:
+        return label_readout(reader.scorer.clf, reader.adapter, reader.layers).double()
+    except InputError:
         return None
-    ids = verbalizer_ids(clf.tokenizer, clf.task)
-    unembed = model.get_output_embeddings().weight.detach().float()
-    u = norm.weight.detach().float() * (unembed[ids[1]] - unembed[ids[0]])
-    return torch.einsum("lhwd,w->lhd", mats, u).reshape(-1, mats.shape[-1]).numpy().astype(np.float64)
 
 
-def toward(outputs: np.ndarray, readout: np.ndarray) -> np.ndarray:
-    """[n, layer*head]: what each head adds to the logit of the label all heads push toward
-    together (the sign of their summed contributions), not knowing which label a backdoor targets."""
-    logit = np.einsum("nhd,hd->nh", outputs.reshape(len(outputs), *readout.shape), readout)
-    return logit * np.sign(logit.sum(1, keepdims=True))
+def toward_features(outputs: np.ndarray, readout: torch.Tensor) -> np.ndarray:
+    """[n, layer*head*d] head outputs -> [n, layer*head]: headguard's `toward` family."""
+    flat = torch.from_numpy(outputs).view(len(outputs), readout.shape[0], -1)
+    return toward(flat, readout).flatten(1).numpy()
 
 
 def write_features(outputs: np.ndarray, mats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -210,13 +178,13 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     for g, (f, _) in groups.items():
         nov[g], at = others[at : at + len(f)], at + len(f)
 
-    readout = label_readout(clf, mats)
+    readout = readout_or_none(reader)
 
     def families(rows: np.ndarray, novelty_rows: np.ndarray) -> dict[str, np.ndarray]:
         norms, agree = write_features(rows[:, n_default:], mats)
         fams = {"default": rows[:, :n_default], "novelty": novelty_rows, "write": norms, "agree": agree}
         if readout is not None:
-            fams["toward"] = toward(rows[:, n_default:], readout)
+            fams["toward"] = toward_features(rows[:, n_default:], readout)
         return fams
 
     cal_fams = families(x, nov_cal)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from head_outputs import query_outputs
+from headguard.detect.capture import capture_outputs
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import COLLAPSE_DIRECTION, FAMILIES, feature_names
 from headguard.detect.scorer import HeadScorer
@@ -76,7 +76,7 @@ def batch_features(scorer: HeadScorer, batch: dict) -> tuple[np.ndarray, np.ndar
 
     handles = [value_projection(adapter, layer).register_forward_hook(value_hook(layer)) for layer in scorer.layers]
     try:
-        with query_outputs(adapter, scorer.layers, query) as outputs:  # layer -> [batch, head * d]
+        with capture_outputs(adapter, scorer.layers, query) as outputs:  # layer -> [batch, head * d]
             cap = scorer.capture_batch(batch, stop_early=False)
     finally:
         for handle in handles:
@@ -85,9 +85,7 @@ def batch_features(scorer: HeadScorer, batch: dict) -> tuple[np.ndarray, np.ndar
     n_keys = cap.mask.sum(-1).float().clamp(min=2)[:, None]  # [batch, 1]
     for layer in scorer.layers:
         z = outputs[layer].view(len(query), h, d)  # [batch, head, d]
-        weight = adapter.output_projection(layer).weight.float()  # [hidden, head * d]
-        per_head = weight.view(weight.shape[0], h, d)  # [hidden, head, d]
-        write = torch.einsum("bhd,ohd->bho", z, per_head)
+        write = torch.einsum("bhd,hod->bho", z, adapter.write_matrix(layer))
         out_norm.append(torch.log(z.norm(dim=-1).clamp(min=1e-6)))
         write_norm.append(torch.log(write.norm(dim=-1).clamp(min=1e-6)))
         # The row weighted by each key's value norm (its query head's KV group): what the head
