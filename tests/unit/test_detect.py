@@ -1,5 +1,6 @@
 """The detector's pieces on tiny random models: features, padding, calibration file, errors."""
 
+import copy
 import json
 
 import numpy as np
@@ -509,6 +510,20 @@ def test_toward_is_what_each_head_adds_to_the_label_the_heads_push_to(tiny_decod
     expected = logit * torch.sign(logit.sum(1, keepdim=True))
     np.testing.assert_allclose(features, expected.numpy(), rtol=1e-4, atol=1e-6)
     assert feature_names(scorer.layers, 4, ("toward",))[:2] == ["toward:L0H0", "toward:L0H1"]
+
+
+def test_toward_follows_weights_patched_in_place(tiny_decoder):
+    """A hot swap patches the heads' output projections in place, under the same scorer."""
+    clf = copy.deepcopy(tiny_decoder)
+    scorer = HeadScorer(clf, families=("toward",))
+    before, _ = scorer.features(["an input about the film"])
+    weight, d = scorer.adapter.output_projection(1).weight, scorer.adapter.head_dim()
+    with torch.no_grad():
+        weight[:, 2 * d : 3 * d] *= 3  # head 2 of the last layer writes three times as much
+    after, _ = scorer.features(["an input about the film"])
+    head = 4 + 2  # layer 1, head 2
+    np.testing.assert_allclose(np.abs(after[0, head]), 3 * np.abs(before[0, head]), rtol=1e-4)
+    np.testing.assert_allclose(np.abs(after[0, :4]), np.abs(before[0, :4]), rtol=1e-5)
 
 
 def test_toward_calibrates_beside_the_row_families_and_scores_one_by_one_as_batched(tiny_decoder):

@@ -18,9 +18,9 @@ from headguard.errors import InputError
 from headguard.models.classifier import Classifier, verbalizer_ids
 
 
-def label_readout(clf: Classifier, adapter: Adapter, layers: list[int]) -> torch.Tensor:
-    """[layer, head, d]: per head of `layers`, the vector whose dot product with the head's output is
-    what it adds to the second label word's logit over the first (up to the final norm's scale)."""
+def label_direction(clf: Classifier) -> torch.Tensor:
+    """[hidden]: the residual-stream direction that raises the second label word's logit over the
+    first, through the final RMS norm's weight; refuses a model that has none."""
     words = clf.task.verbalizer
     if clf.task.kind != "decoder" or not words or len(words) != 2:
         raise InputError("the `toward` family reads a decoder answering with one of two label words; "
@@ -32,7 +32,14 @@ def label_readout(clf: Classifier, adapter: Adapter, layers: list[int]) -> torch
                          f"{clf.model.config.model_type} has none")
     unembed = clf.model.get_output_embeddings().weight.detach().float()
     first, second = verbalizer_ids(clf.tokenizer, clf.task)
-    direction = norm.weight.detach().float() * (unembed[second] - unembed[first])  # [hidden]
+    return norm.weight.detach().float() * (unembed[second] - unembed[first])
+
+
+def label_readout(clf: Classifier, adapter: Adapter, layers: list[int]) -> torch.Tensor:
+    """[layer, head, d]: per head of `layers`, the vector whose dot product with the head's output is
+    what it adds to the second label word's logit over the first (up to the final norm's scale).
+    Read from the weights as they are now: a hot swap patches them in place."""
+    direction = label_direction(clf)
     return torch.stack([torch.einsum("hwd,w->hd", adapter.write_matrix(layer), direction) for layer in layers])
 
 

@@ -13,7 +13,7 @@ from headguard.detect.capture import capture_outputs, capture_rows
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import FAMILIES, OUTPUT_FAMILIES, layer_features
 from headguard.detect.heads import adapter_for
-from headguard.detect.readout import label_readout, toward
+from headguard.detect.readout import label_direction, label_readout, toward
 from headguard.errors import InputError
 from headguard.models.batching import in_input_order, length_batches
 from headguard.models.classifier import Classifier
@@ -53,8 +53,9 @@ class HeadScorer:
             raise InputError(f"unknown feature families {sorted(unknown)}; choose from {', '.join(known)}")
         self.families = tuple(f for f in known if f in families)  # the order feature_names() uses
         self.row_families = tuple(f for f in self.families if f in FAMILIES)
-        # Fixed by the weights (a hot swap builds a new scorer); refuses a model it cannot read.
-        self.readout = label_readout(clf, self.adapter, self.layers) if "toward" in self.families else None
+        self.reads_outputs = "toward" in self.families
+        if self.reads_outputs:
+            label_direction(clf)  # refuses a model without a label readout before any input
         self.batch_size = batch_size
 
     @property
@@ -93,17 +94,20 @@ class HeadScorer:
         # A decoder's logits are needed for the last position only (as in a serving prefill).
         extra = {} if self.is_encoder else {"logits_to_keep": 1}
         # What heads write is read at their output projection, after the rows: it sets the stop then.
-        reads_outputs = self.readout is not None
-        writes = capture_outputs(self.adapter, self.layers, query, stop_early) if reads_outputs else nullcontext({})
-        looks = capture_rows(self.adapter, self.layers, query, mask, stop_early=stop_early and not reads_outputs)
+        writes = (capture_outputs(self.adapter, self.layers, query, stop_early) if self.reads_outputs
+                  else nullcontext({}))
+        looks = capture_rows(self.adapter, self.layers, query, mask, stop_early=stop_early and not self.reads_outputs)
         with looks as rows, writes as outputs:
             self.clf.model(**batch, **extra)
         # All layers at once (self.layers is ascending, as rows.stacked is), in feature_names() order.
         per_layer = []
         if self.row_families:
             per_layer.append(layer_features(rows.stacked, content, self.row_families, mask))
-        if reads_outputs:
-            per_layer.append(toward(torch.stack([outputs[layer] for layer in self.layers], 1), self.readout))
+        if self.reads_outputs:
+            # The readout is read from the weights each batch (a few matrix-vector products): a hot
+            # swap patches the heads' output projections in place.
+            readout = label_readout(self.clf, self.adapter, self.layers)
+            per_layer.append(toward(torch.stack([outputs[layer] for layer in self.layers], 1), readout))
         feats = torch.cat(per_layer, -1).flatten(1)
         lengths = content.sum(-1).cpu().numpy().astype(np.float64)
         return Capture(feats.cpu().numpy().astype(np.float64), lengths, rows, mask, content, batch["input_ids"])
