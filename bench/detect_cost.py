@@ -1,7 +1,7 @@
 """What scoring adds to the forward pass a request needs anyway: time and peak memory.
 
     .venv/bin/python bench/detect_cost.py MODEL_DIR [--tokens 64 512] [--batch 8] [--repeats 7]
-        [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--random-weights]
+        [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--random-weights] [--families F,G]
 
 Three modes per prompt length and batch size, on the same tokenised batch (tokenising is the
 same work with or without the guard, so no mode counts it):
@@ -15,6 +15,10 @@ Time: median over repeats after one warm-up, the modes taking turns (CUDA: synch
 adds above the loaded model — on CUDA the allocator's peak, on CPU the process's peak resident
 set (VmHWM, reset through /proc/self/clear_refs before each call; glibc is told to map large
 blocks directly so that each call's tensors come from and go back to the system).
+
+`--families` scores with other feature families than the defaults of the model's kind (e.g.
+`row_evenness,toward`, whose `toward` also reads each layer's head outputs and runs the deepest
+layer's attention to its end before the early stop).
 
 `--random-weights` builds the model from the folder's config with seeded random weights: the cost
 of a forward pass does not depend on weight values, and a machine the weights cannot be copied
@@ -131,7 +135,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--families", help="comma-separated feature families (default: the kind's defaults)")
     args = parser.parse_args()
+    families = tuple(args.families.split(",")) if args.families else None
 
     clf = load(args.model, args.device, getattr(torch, args.dtype), args.random_weights)
     texts = [ex.text for ex in read_split(args.model, "calibration")]
@@ -140,7 +146,7 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     card = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
     for batch_size in args.batch:
-        scorer = HeadScorer(clf, batch_size=batch_size)
+        scorer = HeadScorer(clf, families=families, batch_size=batch_size)
         for n_tokens in args.tokens:
             prompts = prompts_of_length(clf, texts * 4, n_tokens, batch_size)
             batch = clf.encode(prompts)
@@ -151,7 +157,7 @@ def main() -> None:
             }
             row = {"model": args.model.name, "device": card, "dtype": args.dtype,
                    "random_weights": args.random_weights, "tokens": int(batch["input_ids"].shape[1]),
-                   "batch": batch_size, "weights_mib": weights_mib}
+                   "batch": batch_size, "families": list(scorer.families), "weights_mib": weights_mib}
             for name, seconds in median_seconds(modes, args.repeats, args.device).items():
                 row[f"{name}_s"] = seconds
             for name, fn in modes.items():

@@ -86,8 +86,8 @@ def _seed(model: str) -> str:
     return model.rsplit("-s", 1)[1]
 
 
-def defense_table() -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.eval-*.json"))]
+def defense_table(folder: Path = RESULTS) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*.eval-*.json"))]
     lines = ["| base | dataset | attack | seed | defense | scoring | inputs clean/triggered | AUROC | TPR@1%FPR "
              "| FPR clean | FPR controls (rare/typo/rep/code/long/other code) "
              "| passes/input | s/input | model s/input |",
@@ -330,9 +330,9 @@ def serve_table() -> str:
     return "\n".join(lines)
 
 
-def cost_table() -> str:
+def cost_table(folders: tuple[Path, ...] = (RESULTS, RESULTS / "gpu")) -> str:
     """bench/results/*.cost.jsonl (CPU) and bench/results/gpu/*.cost.jsonl, one row per measurement."""
-    files = [*sorted(RESULTS.glob("*.cost.jsonl")), *sorted(RESULTS.glob("gpu/*.cost.jsonl"))]
+    files = [path for folder in folders for path in sorted(folder.glob("*.cost.jsonl"))]
     rows = [json.loads(line) for path in files for line in path.read_text().splitlines() if line.strip()]
     lines = ["| device | model | dtype | batch | tokens | plain forward | score only | forward + score "
              "| peak memory, forward + score / plain |",
@@ -341,6 +341,7 @@ def cost_table() -> str:
         if "dtype" not in r:  # written before the benchmark measured memory
             continue
         model = r["model"].split("-")[0] + (" (random weights)" if r["random_weights"] else "")
+        model += f" ({'+'.join(r['families'])})" if "families" in r else ""
         ms = {m: f"{r[f'{m}_s'] * 1000:.1f} ms" for m in ("plain", "score_only", "forward_and_score")}
         lines.append(f"| {r['device']} | {model} | {r['dtype']} | {r['batch']} | {r['tokens']} | {ms['plain']} | "
                      f"{ms['score_only']} ({r['score_only_overhead']:+.1%}) | "
@@ -673,7 +674,9 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "encoder-length-rebuilds": lambda: length_table("encoder-length-rebuilds"),
           "decoder-code-sources": code_sources_table,
           "encoder-outputs": lambda: readouts_table("encoder-head-outputs"),
-          "decoder-outputs": lambda: readouts_table("decoder-head-outputs")}
+          "decoder-outputs": lambda: readouts_table("decoder-head-outputs"),
+          "toward-eval": lambda: defense_table(RESULTS / "toward"),
+          "toward-cost": lambda: cost_table((RESULTS / "toward",))}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())
