@@ -533,6 +533,8 @@ def test_toward_calibrates_beside_the_row_families_and_scores_one_by_one_as_batc
     texts = ["short", "a considerably longer input with many more words than the first"]
     np.testing.assert_allclose(detector.scores(texts), np.concatenate([detector.scores([t]) for t in texts]),
                                rtol=1e-4)
+    [verdict] = detector.scan(texts[1:])
+    assert verdict.explanation["top_heads"] and verdict.explanation["suspected_tokens"]
 
 
 def test_toward_refuses_a_model_it_cannot_read(tiny_encoder):
