@@ -17,8 +17,10 @@ default:
   layer (the paper's head similarity, read in what the heads write);
 - `toward` (a decoder read through a two-word verbalizer): what the head adds to the logit of the
   label that all heads push toward together, read through the final norm's weight and the
-  unembedding (direct logit attribution, up to the norm's per-input scale). It uses the task's
-  label words, never the target label or the trigger.
+  unembedding (direct logit attribution, up to the norm's per-input scale): headguard's own
+  `toward` family (detect/readout.py). It uses the task's label words, never the target label or
+  the trigger. `toward_logit` divides it by the final norm's input RMS at the query position
+  (the scale it leaves out), `toward_share` by the sum of every head's push.
 
 Each is scored as the default scores its families (standardised against the clean prompts,
 mean of the top-k heads, 5-fold out-of-fold 1 % threshold), alone and beside the default
@@ -63,20 +65,36 @@ class OutputReader:
         self.adapter = self.scorer.adapter
         self.layers = list(range(self.adapter.n_layers))
         self.d = self.adapter.head_dim()
+        # A decoder's final RMS norm: its input's RMS at the query position turns `toward` into each
+        # head's share of the label logit itself (the norm divides every head of an input by it).
+        norm = getattr(getattr(clf.model, "model", None), "norm", None)
+        self.final_norm = norm if hasattr(norm, "variance_epsilon") else None
 
     def names(self) -> list[str]:
         defaults = feature_names(self.layers, self.adapter.n_heads, self.scorer.families)
         return defaults + [f"out:L{la}H{h}:{j}" for la in self.layers for h in range(self.adapter.n_heads)
-                           for j in range(self.d)]
+                           for j in range(self.d)] + (["final_rms"] if self.final_norm is not None else [])
 
     @torch.no_grad()
     def _batch(self, texts: list[str], ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         batch = self.scorer.clf.encode(texts, strict=True, ids=ids)
         query, _ = self.scorer.positions(batch["attention_mask"].bool())
-        with capture_outputs(self.adapter, self.layers, query) as grabbed:
-            cap = self.scorer.capture_batch(batch, stop_early=False)  # the last layer's output is read too
-        outputs = torch.stack([grabbed[la] for la in self.layers], 1).flatten(1).cpu().numpy()
-        return np.concatenate([cap.features, outputs.astype(np.float64)], 1), cap.lengths
+        final: list[torch.Tensor] = []
+        hook = None
+        if self.final_norm is not None:
+            eps = self.final_norm.variance_epsilon
+            hook = self.final_norm.register_forward_pre_hook(
+                lambda _m, args: final.append(args[0][torch.arange(len(query)), query].float()
+                                              .pow(2).mean(-1, keepdim=True).add(eps).sqrt()))
+        try:
+            with capture_outputs(self.adapter, self.layers, query) as grabbed:
+                cap = self.scorer.capture_batch(batch, stop_early=False)  # the last layer's output is read too
+        finally:
+            if hook is not None:
+                hook.remove()
+        outputs = torch.stack([grabbed[la] for la in self.layers], 1).flatten(1)
+        return np.concatenate([cap.features, torch.cat([outputs, *final], 1).cpu().numpy().astype(np.float64)],
+                              1), cap.lengths
 
     def features(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         batches = length_batches(texts, self.scorer.batch_size)
@@ -158,7 +176,9 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     names = reader.names()
     path = cache / f"{model.name}.outputs.npz" if cache else None
     feats = cached_groups(path, names, input_groups(model, clf, lab), reader.features)
-    n_default = len(names) - len(reader.layers) * reader.adapter.n_heads * reader.d
+    n_out = len(reader.layers) * reader.adapter.n_heads * reader.d
+    n_default = len(names) - n_out - (reader.final_norm is not None)
+    out = slice(n_default, n_default + n_out)  # the head outputs' columns; the final RMS (if any) after them
     default_names = names[:n_default]
     n_layers, n_heads = len(reader.layers), reader.adapter.n_heads
     mats = reader.write_matrices()
@@ -167,9 +187,9 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     n_split = len(feats["split"][0])
     groups = held_out(feats)
     fitted = ~band_only
-    out_cal = x[:, n_default:].reshape(len(x), -1, reader.d)
+    out_cal = x[:, out].reshape(len(x), -1, reader.d)
     # Novelty: the fitted rows cross-fitted, the short variants and every held-out group from all.
-    rest = np.concatenate([out_cal[band_only]] + [f[:, n_default:].reshape(len(f), -1, reader.d)
+    rest = np.concatenate([out_cal[band_only]] + [f[:, out].reshape(len(f), -1, reader.d)
                                                    for f, _ in groups.values()])
     own, others = cross_fitted_novelty(out_cal[fitted], rest)
     nov_cal = np.empty((len(x), own.shape[1]))
@@ -181,10 +201,14 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
     readout = readout_or_none(reader)
 
     def families(rows: np.ndarray, novelty_rows: np.ndarray) -> dict[str, np.ndarray]:
-        norms, agree = write_features(rows[:, n_default:], mats)
+        norms, agree = write_features(rows[:, out], mats)
         fams = {"default": rows[:, :n_default], "novelty": novelty_rows, "write": norms, "agree": agree}
         if readout is not None:
-            fams["toward"] = toward_features(rows[:, n_default:], readout)
+            fams["toward"] = push = toward_features(rows[:, out], readout)
+            # The same push as a share: of the logit itself (over the final norm's RMS), and of
+            # every head's push together (how much of it a few heads carry).
+            fams["toward_logit"] = push / rows[:, -1:]
+            fams["toward_share"] = push / (np.abs(push).sum(1, keepdims=True) + 1e-12)
         return fams
 
     cal_fams = families(x, nov_cal)
@@ -199,9 +223,12 @@ def measure(model: Path, cache: Path | None) -> list[dict]:
         "write": (np.ones(len(head_units)), head_units),
         "agree": (np.ones(len(pair_units)), None),
         "toward": (np.ones(len(head_units)), head_units),
+        "toward_logit": (np.ones(len(head_units)), head_units),
+        "toward_share": (np.ones(len(head_units)), head_units),
     }
     settings = [("default",), ("novelty",), ("write",), ("agree",), ("default", "novelty"), ("novelty", "write"),
-                ("default", "agree")] + ([("toward",), ("default", "toward")] if readout is not None else [])
+                ("default", "agree")] + ([("toward",), ("default", "toward"), ("toward_logit",), ("toward_share",)]
+                                     if readout is not None else [])
 
     def row(families: list[str], k: int, per_head: bool, scores: dict, threshold: float, own: float) -> dict:
         """`own`: the split's own 1 % quantile, where the threshold would lie without the coverage
