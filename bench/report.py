@@ -676,6 +676,7 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "encoder-outputs": lambda: readouts_table("encoder-head-outputs"),
           "decoder-outputs": lambda: readouts_table("decoder-head-outputs"),
           "toward-eval": lambda: defense_table(RESULTS / "toward"),
+          "toward-outputs": lambda: readouts_table("toward/smollm2-sms-composite-s0.head-outputs"),
           "toward-cost": lambda: cost_table((RESULTS / "toward",))}
 
 if __name__ == "__main__":
