@@ -21,6 +21,16 @@ def test_decoder_reads_the_last_prompt_token_through_left_padding(tiny_decoder):
     assert batch["attention_mask"][:, -1].all()  # every row ends on a real token
 
 
+def test_decoder_label_logits_are_the_full_forward_last_position(tiny_decoder):
+    """The answer is read from the last position's logits alone; they equal a full forward pass's."""
+    import torch
+
+    batch = tiny_decoder.encode(TEXTS)
+    with torch.no_grad():
+        full = tiny_decoder.model(**batch).logits[:, -1, tiny_decoder._label_ids]
+        assert torch.allclose(tiny_decoder.label_logits(batch), full, atol=1e-5)
+
+
 def test_decoder_renders_the_template(tiny_decoder):
     assert tiny_decoder.task.render("great") == "Review: great\nSentiment:"
     assert len(tiny_decoder._label_ids) == 2 and len(set(tiny_decoder._label_ids)) == 2

@@ -81,10 +81,11 @@ class Classifier:
 
     def label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[batch, label] logits, with gradients if the caller enables them."""
-        out = self.model(**batch)
         if self.task.kind == "decoder":
-            return out.logits[:, -1, self._label_ids]
-        return out.logits
+            # The answer is read at the last position: the vocabulary's logits at every position
+            # took a fifth of `proba`'s time on SmolLM2 (192 reviews, 2 CPU cores: 13.8 s, 10.7 s without).
+            return self.model(**batch, logits_to_keep=1).logits[:, -1, self._label_ids]
+        return self.model(**batch).logits
 
     @torch.no_grad()
     def proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
