@@ -658,6 +658,20 @@ def code_sources_table(name: str = "decoder-code-sources") -> str:
     return "\n".join(lines)
 
 
+def output_gate_table() -> str:
+    """bench/results/output-gate.json (bench/output_gate.py): per model, the default's threshold and
+    the rules that read the model's answer beside it."""
+    rows = [r for r in json.loads((RESULTS / "output-gate.json").read_text()) if r["rule"] != "margins"]
+    lines = ["| model | rule | AUROC | TPR@1%FPR | worst group | FPR clean "
+             "| FPR controls (rare/typo/rep/code/long/other code) | FPR unseen |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rate, group = _worst_fpr(r)
+        lines.append(f"| {r['model'].split('-', 1)[1]} | {r['rule']} | {fmt(r['auroc'])} | "
+                     f"{fmt(r['tpr_at_fpr_1pct'])} | {fmt(100 * rate, 1)} % {group} | {fmt(r['fpr_clean'])} | "
+                     f"{controls_cell(r['fpr_controls'], other_code=True)} | {fmt(r['fpr_unseen'])} |")
+    return "\n".join(lines)
+
+
 # name -> renderer; docs/BENCHMARKS.md holds each between <!-- name --> markers (bench/render_docs.py)
 TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "ablation": ablation_table, "readout": readout_table,
@@ -677,7 +691,8 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "decoder-outputs": lambda: readouts_table("decoder-head-outputs"),
           "toward-eval": lambda: defense_table(RESULTS / "toward"),
           "toward-outputs": lambda: readouts_table("toward/smollm2-sms-composite-s0.head-outputs"),
-          "toward-cost": lambda: cost_table((RESULTS / "toward",))}
+          "toward-cost": lambda: cost_table((RESULTS / "toward",)),
+          "output-gate": output_gate_table}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())
