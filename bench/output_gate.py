@@ -6,8 +6,8 @@ A backdoor is trained to answer its target on a triggered input, and its LoRA le
 with confidence; a message with code pasted in, or several joined, moves the heads too, but the
 model has seen no such input in training and has no reason to answer it confidently. Per model,
 with its kind's defaults (headguard/detect/defaults.py), this reads the margin of each input's
-answer (its top label logit over the next, from the scoring pass's own last position) beside
-its score, and compares thresholds:
+answer (its top label logit over the next, at the last prompt position, whose row the score
+reads) beside its score, and compares thresholds:
 
 - `pooled`: the default, the 1 % quantile of the prompts' and their coverage variants' scores;
 - `prompts`: the quantile of the prompts' own scores (bench/threshold_rule.py);
@@ -36,7 +36,16 @@ from headguard.lab.build import read_manifest
 from headguard.models.batching import in_input_order, length_batches
 from headguard.models.classifier import Classifier
 from headguard.models.task import Task
-from score_settings import cached_features, cached_groups, calibration_set, fit_setting, held_out, input_groups, rates
+from score_settings import (
+    cached_features,
+    cached_groups,
+    calibration_set,
+    fit_setting,
+    held_out,
+    input_groups,
+    rates,
+    write_rows,
+)
 from threshold_rule import prompts_rule
 
 GATE_QUANTILES = (0.99, 0.98, 0.97)  # where the lower bar lies among the prompts' scores
@@ -56,7 +65,8 @@ def answer_margins(clf: Classifier, texts: list[str], batch_size: int = 16) -> t
 
 
 def answer_z(answers: np.ndarray, prompts: np.ndarray) -> np.ndarray:
-    """Each answer's margin in standard deviations from the calibration prompts' giving the same answer."""
+    """Each answer's margin in standard deviations from the margins of the calibration prompts
+    that give the same answer (about their median)."""
     z = np.zeros(len(answers))
     for label in np.unique(answers[:, 1]):
         own = prompts[prompts[:, 1] == label, 0]
@@ -66,6 +76,7 @@ def answer_z(answers: np.ndarray, prompts: np.ndarray) -> np.ndarray:
 
 
 def worst(row: dict) -> float:
+    """The highest false-positive rate of a row's groups (held-out clean, controls, unseen traffic)."""
     return max(row["fpr_clean"], row["fpr_unseen"], *row["fpr_controls"].values())
 
 
@@ -123,8 +134,6 @@ def main() -> None:
     parser.add_argument("--features", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "output-gate.json")
     args = parser.parse_args()
-    from score_settings import write_rows
-
     write_rows(args.out, args.models, lambda model: measure(model, args.features))
 
 
