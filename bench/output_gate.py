@@ -29,11 +29,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from headguard.detect.defaults import score_defaults
 from headguard.lab.build import read_manifest
-from headguard.models.batching import in_input_order, length_batches
 from headguard.models.classifier import Classifier
 from headguard.models.task import Task
 from score_settings import (
@@ -52,16 +50,12 @@ GATE_QUANTILES = (0.99, 0.98, 0.97)  # where the lower bar lies among the prompt
 WEIGHTS = (0.5, 1.0, 2.0)  # standard deviations of the answer's margin added to the score
 
 
-@torch.no_grad()
-def answer_margins(clf: Classifier, texts: list[str], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def answer_margins(clf: Classifier, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """([n, 2]: the answer's margin, top label logit over the next, and the answer's index; [n] zeros)."""
-    batches = length_batches(texts, batch_size)
-    out = []
-    for b in batches:
-        logits = clf.label_logits(clf.encode([texts[i] for i in b])).float()
-        top2 = logits.topk(2, dim=-1)
-        out.append(np.c_[(top2.values[:, 0] - top2.values[:, 1]).cpu().numpy(), top2.indices[:, 0].cpu().numpy()])
-    return in_input_order(batches, np.concatenate(out)), np.zeros(len(texts))
+    # Differences of log-probabilities are differences of the logits they were softmaxed from.
+    logp = np.log(np.clip(clf.proba(texts), 1e-30, None))
+    ranked = np.sort(logp, -1)
+    return np.c_[ranked[:, -1] - ranked[:, -2], logp.argmax(-1)], np.zeros(len(texts))
 
 
 def answer_z(answers: np.ndarray, prompts: np.ndarray) -> np.ndarray:
