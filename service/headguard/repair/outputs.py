@@ -10,11 +10,7 @@ from headguard.models.classifier import Classifier
 
 def output_logprobs(clf: Classifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """[batch, classes or vocab] log-probabilities, with gradients if enabled."""
-    if clf.task.kind == "decoder":
-        logits = clf.model(**batch, logits_to_keep=1).logits[:, -1]
-    else:
-        logits = clf.model(**batch).logits
-    return torch.log_softmax(logits.float(), dim=-1)
+    return torch.log_softmax(clf.output_logits(batch).float(), dim=-1)
 
 
 def kl_rows(target_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
