@@ -43,7 +43,8 @@ def _lab_eval(args: argparse.Namespace) -> int:
     from headguard.lab.evaluate import EvalConfig, evaluate, print_report
 
     settings = get_settings()
-    scoring = {"families": _parse_families(args.families), "top_k": args.top_k, "per_head": args.per_head}
+    scoring = {"families": _parse_families(args.families), "top_k": args.top_k, "per_head": args.per_head,
+               "answer_gate": args.answer_gate}
     config = EvalConfig(model=args.model, defense=args.defense, patch=args.patch, limit=args.limit,
                         calibration_size=args.calibration_size, seed=args.seed, plot=args.plot, cache=settings.cache,
                         scoring={name: value for name, value in scoring.items() if value is not None})
@@ -114,11 +115,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     cal = calibrate(clf, prompts, target_fpr=args.target_fpr, layers=_parse_layers(args.layers),
                     families=_parse_families(args.families), method=args.method,
                     n_components=args.components, length_adjust=args.length_adjust, top_k=args.top_k,
-                    per_head=args.per_head, coverage=args.coverage, length_bands=args.length_bands)
+                    per_head=args.per_head, coverage=args.coverage, length_bands=args.length_bands,
+                    answer_gate=args.answer_gate)
     cal.save(args.out)
     print(json.dumps({"calibration": str(args.out), "model_hash": cal.model_hash, "prompts": cal.n_prompts,
                       "coverage": list(cal.coverage), "length_bands": len(cal.band_offsets) if cal.length_bands else 0,
                       "short_band": bool(len(cal.band_offsets)) and not cal.length_bands,
+                      "answer_gate": cal.answer_gate.tolist() if cal.gated else None,
                       "threshold": cal.threshold, "target_fpr": cal.target_fpr}))
     return 0
 
@@ -296,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--top-k", type=int, help="headguard: average the k most collapsed heads")
     e.add_argument("--per-head", action=argparse.BooleanOptionalAction, default=None,
                    help="headguard: average each head's families before the top-k")
+    e.add_argument("--answer-gate", action=argparse.BooleanOptionalAction, default=None,
+                   help="headguard: judge inputs scoring just under the threshold by how surely the model answers")
     e.add_argument("--plot", type=Path, help="save a PNG of clean vs triggered score distributions")
     e.add_argument("--json", type=Path, help="write the report as JSON")
     e.set_defaults(func=_lab_eval)
@@ -333,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--length-bands", action=argparse.BooleanOptionalAction, default=None,
                    help="hold the target FPR within each content-length band of the prompts too, not only over all "
                    f"of them (default: {_by_kind('length_bands')})")
+    c.add_argument("--answer-gate", action=argparse.BooleanOptionalAction, default=None,
+                   help="lift an input scoring between the prompts' own 98th percentile and the threshold over the "
+                   "threshold when the model answers it more surely than every calibration prompt scoring there "
+                   f"(default: {_by_kind('answer_gate')})")
     c.add_argument("--method", choices=["collapse", "mahalanobis"], default="collapse",
                    help="collapse: the k most collapsed heads; mahalanobis: PCA + Ledoit-Wolf distance")
     c.add_argument("--components", type=int, default=32, help="PCA dimensions (mahalanobis)")

@@ -23,6 +23,8 @@ def calibration(minilm_badnets, tmp_path_factory):
     # (those within context) and 100 cut short, which set only the short band's bar.
     assert summary["coverage"] == ["python", "c", "short"] and 700 <= summary["prompts"] <= 800
     assert summary["short_band"] and not summary["length_bands"] and summary["model_hash"].startswith("sha256:")
+    low, bar = summary["answer_gate"]  # the encoder default reads answers scoring just under the threshold
+    assert low < summary["threshold"] and bar > 0
     return out
 
 
@@ -64,15 +66,18 @@ def test_calibrate_writes_nothing_on_bad_prompts(minilm_badnets, tmp_path):
     assert proc.returncode == 2 and not out.exists()
 
 
-def test_lab_eval_with_headguard_is_one_pass_per_input(minilm_badnets, tmp_path):
+def test_lab_eval_with_headguard_is_one_pass_per_input_and_one_more_for_the_few_answers_gated(minilm_badnets,
+                                                                                                 tmp_path):
     out = tmp_path / "report.json"
     run_cli("lab", "eval", "--model", str(minilm_badnets), "--defense", "headguard", "--limit", "200",
             "--json", str(out))
     report = json.loads(out.read_text())
     det = report["detection"]
-    assert report["cost"]["forward_passes_per_input"] == 1
+    # The answer gate reads the answer of the clean inputs scoring just under the threshold alone.
+    assert 1 <= report["cost"]["forward_passes_per_input"] <= 1.1
     # The report says how it scored: the encoder defaults, calibrated with their coverage variants.
     assert det["setting"]["families"] == ["row_entropy", "row_max"] and det["setting"]["per_head"]
     assert det["setting"]["coverage"] == ["python", "c", "short"] and det["setting"]["n_prompts"] > 400
+    assert det["setting"]["answer_gate"]
     assert det["auroc"] >= 0.95
     assert max(det["fpr_controls"].values()) <= 0.05

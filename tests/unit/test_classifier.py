@@ -31,6 +31,14 @@ def test_decoder_label_logits_are_the_full_forward_last_position(tiny_decoder):
         assert torch.allclose(tiny_decoder.label_logits(batch), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_encoder", "tiny_decoder"])
+def test_an_answers_margin_is_its_top_label_log_probability_over_the_next(fixture, request):
+    clf = request.getfixturevalue(fixture)
+    logp = np.sort(np.log(clf.proba(TEXTS)), -1)
+    np.testing.assert_allclose(clf.answer_margins(TEXTS), logp[:, -1] - logp[:, -2], atol=1e-4)
+    assert clf.answer_margins([]).shape == (0,)
+
+
 def test_decoder_renders_the_template(tiny_decoder):
     assert tiny_decoder.task.render("great") == "Review: great\nSentiment:"
     assert len(tiny_decoder._label_ids) == 2 and len(set(tiny_decoder._label_ids)) == 2

@@ -20,7 +20,7 @@ from headguard.detect.coverage import (
     repeat_prompts,
     short_prompts,
 )
-from headguard.detect.detector import Detector, calibrate, follows_defaults, own_draw_rows
+from headguard.detect.detector import Detector, calibrate, fit_answer_gate, follows_defaults, own_draw_rows
 from headguard.detect.features import FAMILIES, feature_directions, feature_names, feature_units, layer_features
 from headguard.detect.scorer import HeadScorer
 from headguard.errors import InputError
@@ -66,13 +66,14 @@ def test_calibration_round_trip_and_threshold(tiny_encoder, tmp_path):
 
 
 @pytest.mark.parametrize(("fixture", "scoring"), [
-    ("tiny_encoder", (["row_entropy", "row_max"], 2, False, True, ("python", "c", "short"), False)),
-    ("tiny_decoder", (["row_evenness"], 2, False, False, ("python", "c", "c_blocks", "short", "repeat"), False)),
+    ("tiny_encoder", (["row_entropy", "row_max"], 2, False, True, ("python", "c", "short"), False, True)),
+    ("tiny_decoder", (["row_evenness"], 2, False, False, ("python", "c", "c_blocks", "short", "repeat"), False,
+                      False)),
 ])
 def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, request, tmp_path):
     def settings(cal: Calibration) -> tuple:
         return (cal.families, cal.anomaly.top_k, cal.anomaly.length_adjusted, cal.anomaly.per_head, cal.coverage,
-                cal.length_bands)
+                cal.length_bands, cal.gated)
 
     # Enough prompts (with their coverage variants) for length bands to have two bands or more.
     prompts = [f"{prompt} ({i})" for i in range(3) for prompt in PROMPTS]
@@ -84,6 +85,58 @@ def test_calibration_takes_the_defaults_of_the_model_kind(fixture, scoring, requ
     # A fit with other settings (as an earlier release cached it) is told apart, so the service refits it.
     assert follows_defaults(Calibration.load(tmp_path / "cal.safetensors"), clf.task.kind)
     assert not follows_defaults(calibrate(clf, prompts, coverage=("python",)), clf.task.kind)
+    assert not follows_defaults(calibrate(clf, prompts, answer_gate=not cal.gated), clf.task.kind)
+
+
+def test_the_answer_gate_bars_the_surest_answer_of_the_rows_scoring_between_its_low_bar_and_the_threshold(
+        tiny_encoder, tmp_path):
+    cal = calibrate(tiny_encoder, PROMPTS, coverage=("python",), answer_gate=True)
+    fitted = PROMPTS + coverage_prompts(PROMPTS)
+    np.testing.assert_array_equal(cal.answer_gate, fit_answer_gate(tiny_encoder, cal, fitted, len(PROMPTS)))
+    cal.save(tmp_path / "cal.safetensors")
+    np.testing.assert_array_equal(Calibration.load(tmp_path / "cal.safetensors").answer_gate, cal.answer_gate)
+    assert not calibrate(tiny_encoder, PROMPTS, coverage=("python",), answer_gate=False).gated
+    # The rule on out-of-fold scores laid out by hand: the prompts score 0..39, their variants 40 on.
+    staged = copy.deepcopy(cal)
+    staged.clean_scores, staged.threshold = np.arange(len(fitted), dtype=float), 50.0
+    low, bar = fit_answer_gate(tiny_encoder, staged, fitted, len(PROMPTS))
+    assert low == pytest.approx(np.quantile(np.arange(40.0), 0.98))  # the prompts' own, 38.22
+    assert bar == pytest.approx(tiny_encoder.answer_margins(fitted[39:51]).max())  # scores 39..50
+    # Fewer than ten rows between (39..45): the ten highest-scoring under the threshold.
+    staged.threshold = 45.0
+    assert fit_answer_gate(tiny_encoder, staged, fitted, len(PROMPTS))[1] == pytest.approx(
+        tiny_encoder.answer_margins(fitted[36:46]).max())
+
+
+def test_the_answer_gate_lifts_inputs_in_its_band_answered_past_the_bar_and_reads_no_other(tiny_encoder):
+    texts = PROMPTS[:12]
+    cal = calibrate(tiny_encoder, PROMPTS, answer_gate=False)
+    plain = Detector(tiny_encoder, cal).scores(texts)
+    margins = tiny_encoder.answer_margins(texts)
+    gated = copy.deepcopy(cal)
+    # The band holds every input but the highest scoring, which is over the threshold and unread.
+    order = np.argsort(plain)
+    gated.threshold = float((plain[order[-1]] + plain[order[-2]]) / 2)
+    low, bar = float(plain.min() - 1), float(np.median(margins))
+    gated.answer_gate = np.array([low, bar])
+    detector = Detector(tiny_encoder, gated)
+    scores = detector.scores(texts)
+    band = np.arange(len(texts)) != order[-1]
+    lifted = band & (margins > bar)
+    assert lifted.any() and (band & ~lifted).any() and detector.answers_read == band.sum()
+    np.testing.assert_allclose(scores, np.where(lifted, plain + gated.threshold - low, plain), rtol=1e-5)
+    assert ((scores > gated.threshold) == (lifted | ~band)).all()  # lifted over the threshold, no other
+    verdicts = detector.scan(texts, batch_size=5)
+    np.testing.assert_allclose([v.score for v in verdicts], scores, rtol=1e-5)
+    gates = [v.explanation.get("answer_gate") for v in verdicts]
+    assert [g is not None for g in gates] == band.tolist()
+    assert [g["lifted"] for g in gates if g] == lifted[band].tolist()
+    json.dumps([v.as_dict() for v in verdicts], allow_nan=False)  # what the service returns
+    # No calibration row scored in the band: no answer can pass, and none is read.
+    gated.answer_gate = np.array([low, np.inf])
+    unread = Detector(tiny_encoder, gated)
+    np.testing.assert_allclose(unread.scores(texts), plain, rtol=1e-5)
+    assert unread.answers_read == 0
 
 
 def test_a_calibration_set_under_the_recommended_size_is_warned_about(tiny_encoder, caplog):

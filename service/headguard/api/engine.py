@@ -313,7 +313,8 @@ class Engine:
         cal = calibrate(loaded.clf, prompts, target_fpr=target_fpr, layers=old.layers,
                         families=tuple(old.families), method=old.anomaly.method, top_k=old.anomaly.top_k,
                         length_adjust=old.anomaly.length_adjusted, per_head=old.anomaly.per_head,
-                        coverage=old.coverage, length_bands=old.length_bands, model_hash=loaded.model_hash)
+                        coverage=old.coverage, length_bands=old.length_bands, answer_gate=old.gated,
+                        model_hash=loaded.model_hash)
         path = calibration_cache(self.settings, loaded.model_hash)
         cal.save(path)
         self.calibration_path = path  # only once saved: repair jobs read the calibration from this file

@@ -20,6 +20,13 @@ the model was fitted on run optimistically low. With length bands, the prompts a
 content length into bands of at least BAND_PROMPTS, and a band whose own quantile lies above the
 threshold has its scores lowered by the difference: a short message, whose row concentrates for
 want of keys, must pass its own band's quantile as well as the overall one (docs/METHOD.md §3).
+
+The answer gate (`answer_gate`: [low, bar]) reads the model's answer for inputs scoring between
+the prompts' own GATE_QUANTILE quantile (low) and the threshold, where unusual clean inputs and
+triggered ones the heads only half betray both lie: one answered more surely than every
+calibration row in that band (its top label logit over the next above `bar`; at least
+GATE_ROWS rows, the highest-scoring under the threshold, where fewer score in the band) is lifted
+over the threshold. A backdoor answers its target surely; a clean input the heads react to need not.
 """
 
 from __future__ import annotations
@@ -39,8 +46,8 @@ from sklearn.model_selection import KFold
 from headguard.errors import InputError
 from headguard.fsutil import atomic_file
 
-FORMAT_VERSION = 8  # 2: top_k; 3: length_range; 4: units; 5: coverage names its code sources; 6: length bands;
-# 7: whether length bands were asked for, apart from the short band; 8: each unit's tail scale
+FORMAT_VERSION = 9  # 2: top_k; 3: length_range; 4: units; 5: coverage names its code sources; 6: length bands;
+# 7: whether length bands were asked for, apart from the short band; 8: each unit's tail scale; 9: answer gate
 # No feature's spread is taken below this share of the median spread: a feature almost constant
 # on the clean prompts (MiniLM's L0H2 heaviest-key share sits at the log-odds clamp on 98 % of
 # them) would otherwise read any movement as thousands of standard deviations, and decide the
@@ -49,6 +56,11 @@ SPREAD_FLOOR = 0.5
 # Each length band's quantile rests on at least this many out-of-fold scores: at a 1 % target,
 # about the band's highest score.
 BAND_PROMPTS = 100
+# The answer gate's band starts at this quantile of the prompts' own out-of-fold scores (their
+# coverage variants lift the threshold above it): docs/METHOD.md §3.
+GATE_QUANTILE = 0.98
+# ... and its bar is the surest answer of at least this many calibration rows under the threshold.
+GATE_ROWS = 10
 
 
 def _design(lengths: np.ndarray) -> np.ndarray:
@@ -231,6 +243,8 @@ class Calibration:
     band_edges: np.ndarray = field(default_factory=lambda: np.zeros(0))
     band_offsets: np.ndarray = field(default_factory=lambda: np.zeros(0))
     length_bands: bool = False  # bands over every length were asked for
+    # [low, bar] of the answer gate (module docstring); empty: no gate (and files before format 9).
+    answer_gate: np.ndarray = field(default_factory=lambda: np.zeros(0))
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     version: int = FORMAT_VERSION
 
@@ -280,7 +294,25 @@ class Calibration:
         """How inputs are scored, for reports: what `headguard calibrate` was given or defaulted to."""
         return {"families": list(self.families), "top_k": self.anomaly.top_k, "per_head": self.anomaly.per_head,
                 "length_adjusted": self.anomaly.length_adjusted, "coverage": list(self.coverage),
-                "length_bands": self.length_bands, "n_prompts": self.n_prompts}
+                "length_bands": self.length_bands, "answer_gate": self.gated, "n_prompts": self.n_prompts}
+
+    @property
+    def gated(self) -> bool:
+        """Whether inputs in the band below the threshold are judged by their answer too."""
+        return len(self.answer_gate) == 2
+
+    def in_gate(self, scores: np.ndarray) -> np.ndarray:
+        """Which scores lie in the answer gate's band: past its low bar, not past the threshold (none
+        where the bar is infinite: no calibration row lay under the threshold to set it)."""
+        if not self.gated or not np.isfinite(self.answer_gate[1]):
+            return np.zeros(len(scores), bool)
+        return (scores > self.answer_gate[0]) & (scores <= self.threshold)
+
+    def lift(self, scores: np.ndarray, margins: np.ndarray) -> np.ndarray:
+        """Scores in the gate's band (`in_gate`) whose answer's margin is past the bar, raised by the
+        band's width: over the threshold, in their own order."""
+        low, bar = self.answer_gate
+        return np.where(margins > bar, scores + (self.threshold - low), scores)
 
     def band_offset(self, lengths: np.ndarray) -> np.ndarray:
         """What each input's score is lowered by: its length band's offset (0 without bands)."""
@@ -302,7 +334,7 @@ class Calibration:
         tensors = {"length_coef": a.length_coef, "mean": a.mean, "scale": a.scale, "direction": a.direction,
                    "components": a.components, "center": a.center, "precision": a.precision,
                    "length_range": a.length_range, "units": a.units, "tail": a.tail, "clean_scores": self.clean_scores,
-                   "band_edges": self.band_edges, "band_offsets": self.band_offsets}
+                   "band_edges": self.band_edges, "band_offsets": self.band_offsets, "answer_gate": self.answer_gate}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as tmp:
@@ -334,8 +366,8 @@ class Calibration:
                    families=json.loads(meta["families"]), target_fpr=float(meta["target_fpr"]),
                    threshold=float(meta["threshold"]), anomaly=anomaly, clean_scores=tensors["clean_scores"],
                    n_prompts=int(meta["n_prompts"]), coverage=_coverage(meta.get("coverage", "")),
-                   # Files before format 6 have no bands; before format 7 any band was a length band.
-                   **{k: tensors[k] for k in ("band_edges", "band_offsets") if k in tensors},
+                   # Files before format 6 have no bands, before format 7 any band was a length band, before 9 no gate.
+                   **{k: tensors[k] for k in ("band_edges", "band_offsets", "answer_gate") if k in tensors},
                    length_bands=bool(len(tensors.get("band_offsets", ())))
                    and (int(meta["version"]) < 7 or meta.get("length_bands") == "1"),
                    created=meta["created"],

@@ -12,7 +12,10 @@ MiniLM models, this one keeps every group (held-out clean, five specificity cont
 traffic) within 2 % on all twelve and catches 95.5 % of BadNets on movies and on SMS; the
 previous default (the single most collapsed head, Python code only) let 3.6 % of the SMS clean
 control's short messages through. Features are not adjusted for length: a line fitted on short
-messages misjudged the same messages with a code snippet appended.
+messages misjudged the same messages with a code snippet appended. The answer gate then reads
+the model's answer for inputs scoring just under the threshold: the backdoor's heads also react
+to clean reviews' rare words, and only the answer's margin tells a trigger among them (movies
+BadNets seed 1: 91.5 % caught without it, 96.5 % with it, every group still within 2 %).
 A decoder reads the last prompt token: how much of its row the first-token sink takes moves with
 length and content, and a row over few keys concentrates for want of keys, so the whole row's
 entropy is read against its key count (row evenness); a LoRA backdoor spreads over many heads,
@@ -54,11 +57,13 @@ class ScoreDefaults:
     # code sources, and `short`; none: the prompts alone.
     coverage: tuple[str, ...] = ()
     length_bands: bool = False  # each content-length band of the prompts holds the target FPR too
+    # Inputs scoring just under the threshold are judged by how surely the model answers them too.
+    answer_gate: bool = False
 
 
 DEFAULTS = {
     "encoder": ScoreDefaults(families=("row_entropy", "row_max"), top_k=2, length_adjust=False, per_head=True,
-                             coverage=("python", "c", "short")),
+                             coverage=("python", "c", "short"), answer_gate=True),
     "decoder": ScoreDefaults(families=("row_evenness",), top_k=2, length_adjust=False,
                              coverage=("python", "c", "c_blocks", "short", "repeat")),
 }

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from headguard.detect.calibration import Calibration
+from headguard.detect.calibration import GATE_QUANTILE, GATE_ROWS, Calibration
 from headguard.detect.coverage import OWN_DRAW, SHORT, available_sources, code_prompts, coverage_prompts, short_prompts
 from headguard.detect.defaults import score_defaults
 from headguard.detect.features import feature_directions, feature_names, feature_units, heads_of
@@ -44,18 +44,19 @@ def follows_defaults(cal: Calibration, kind: str) -> bool:
     defaults = score_defaults(kind)
     return (tuple(cal.families) == defaults.families and cal.anomaly.top_k == defaults.top_k
             and cal.anomaly.length_adjusted == defaults.length_adjust and cal.anomaly.per_head == defaults.per_head
-            and cal.coverage == available_sources(defaults.coverage) and cal.length_bands == defaults.length_bands)
+            and cal.coverage == available_sources(defaults.coverage) and cal.length_bands == defaults.length_bands
+            and cal.gated == defaults.answer_gate)
 
 
 def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, layers: list[int] | None = None,
               families: tuple[str, ...] | None = None, method: str = "collapse", n_components: int = 32,
               length_adjust: bool | None = None, top_k: int | None = None, per_head: bool | None = None,
               coverage: bool | tuple[str, ...] | None = None, length_bands: bool | None = None,
-              model_hash: str | None = None) -> Calibration:
+              answer_gate: bool | None = None, model_hash: str | None = None) -> Calibration:
     """Fits the anomaly model and its threshold on clean prompts (never on the trigger).
 
     Families, top_k, length adjustment, per-head averaging, coverage variants
-    (detect/coverage.py) and length bands left unset take the defaults for the model's kind;
+    (detect/coverage.py), length bands and the answer gate left unset take the defaults for the model's kind;
     coverage True takes the kind's variant kinds (Python code where the kind has none), False none.
     """
     if len(prompts) < RECOMMENDED_PROMPTS:
@@ -67,6 +68,7 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     top_k = defaults.top_k if top_k is None else top_k
     per_head = defaults.per_head if per_head is None else per_head
     length_bands = defaults.length_bands if length_bands is None else length_bands
+    answer_gate = defaults.answer_gate if answer_gate is None else answer_gate
     if coverage is None:
         coverage = defaults.coverage
     elif coverage is True:
@@ -82,12 +84,30 @@ def calibrate(clf: Classifier, prompts: list[str], *, target_fpr: float = 0.01, 
     features, lengths = scorer.features(fitted + short)
     direction = np.array(feature_directions(scorer.layers, scorer.adapter.n_heads, scorer.families))
     units = np.array(feature_units(scorer.layers, scorer.adapter.n_heads, scorer.families)) if per_head else None
-    return Calibration.fit(features, lengths, direction, model_hash=model_hash or weights_hash(clf.model),
-                           layers=scorer.layers, families=list(scorer.families), method=method,
-                           target_fpr=target_fpr, n_components=n_components, length_adjust=length_adjust,
-                           top_k=top_k, units=units, coverage=coverage, length_bands=length_bands,
-                           band_only=np.arange(len(features)) >= len(fitted),
-                           raise_only=own_draw_rows(prompts, fitted + short, coverage))
+    cal = Calibration.fit(features, lengths, direction, model_hash=model_hash or weights_hash(clf.model),
+                          layers=scorer.layers, families=list(scorer.families), method=method,
+                          target_fpr=target_fpr, n_components=n_components, length_adjust=length_adjust,
+                          top_k=top_k, units=units, coverage=coverage, length_bands=length_bands,
+                          band_only=np.arange(len(features)) >= len(fitted),
+                          raise_only=own_draw_rows(prompts, fitted + short, coverage))
+    if answer_gate:
+        cal.answer_gate = fit_answer_gate(clf, cal, fitted, len(prompts))
+    return cal
+
+
+def fit_answer_gate(clf: Classifier, cal: Calibration, fitted: list[str], n_prompts: int) -> np.ndarray:
+    """[low, bar]: the prompts' own GATE_QUANTILE quantile of out-of-fold scores, and the surest answer
+    (top label logit over the next) among the fitted rows (the first `n_prompts` of `fitted` the
+    prompts, then their variants) that score between it and the threshold, or among the
+    GATE_ROWS highest-scoring rows under the threshold where fewer score between."""
+    oof = cal.clean_scores[: len(fitted)]
+    low = float(np.quantile(oof[:n_prompts], GATE_QUANTILE))
+    under = np.flatnonzero(oof <= cal.threshold)
+    # A bar over a handful of rows is one a clean input passes too often (MiniLM SMS BadNets seed 1:
+    # three rows, and one more rare-word message crossed).
+    rows = under[np.argsort(-oof[under], kind="stable")][: max(GATE_ROWS, int((oof[under] > low).sum()))]
+    margins = clf.answer_margins([fitted[i] for i in rows])
+    return np.array([low, float(margins.max()) if len(margins) else np.inf])
 
 
 def own_draw_rows(prompts: list[str], texts: list[str], kinds: tuple[str, ...]) -> np.ndarray:
@@ -123,6 +143,7 @@ class Detector:
         self.scorer = HeadScorer(clf, calibration.layers, tuple(calibration.families))
         names = feature_names(self.scorer.layers, self.scorer.adapter.n_heads, self.scorer.families)
         self.heads, self._to_heads = _deviation_heads(names, calibration)
+        self.answers_read = 0  # inputs whose answer the gate has read: a forward pass each
 
     @classmethod
     def from_files(cls, model: Path, calibration: Path, device: str = "cpu") -> Detector:
@@ -134,16 +155,33 @@ class Detector:
         return self.calibration.threshold
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        return self.calibration.score(*self.scorer.features(texts))
+        return self._gate(texts, self.calibration.score(*self.scorer.features(texts)))[0]
+
+    def _gate(self, texts: list[str], scores: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
+        """(scores with the answer gate applied, {index: answer margin} of the inputs in its band).
+        Only those inputs run the model to its answer, the score-only pass having stopped early."""
+        between = np.flatnonzero(self.calibration.in_gate(scores))
+        if not len(between):
+            return scores, {}
+        margins = self.clf.answer_margins([texts[i] for i in between])
+        self.answers_read += len(between)
+        scores = scores.copy()
+        scores[between] = self.calibration.lift(scores[between], margins)
+        return scores, dict(zip(between.tolist(), margins.tolist(), strict=True))
 
     def scan(self, texts: list[str], batch_size: int = 16) -> list[Verdict]:
         verdicts: list[Verdict] = []
         for i in range(0, len(texts), batch_size):
-            cap = self.scorer.capture(texts[i : i + batch_size])
-            scores = self.calibration.score(cap.features, cap.lengths)
+            batch = texts[i : i + batch_size]
+            cap = self.scorer.capture(batch)
+            scores, margins = self._gate(batch, self.calibration.score(cap.features, cap.lengths))
             for b, score in enumerate(scores):
-                verdicts.append(Verdict(float(score), self.threshold, bool(score > self.threshold),
-                                        self._explain(cap, b)))
+                explanation = self._explain(cap, b)
+                if b in margins:
+                    explanation["answer_gate"] = {"margin": round(margins[b], 4),
+                                                  "bar": round(float(self.calibration.answer_gate[1]), 4),
+                                                  "lifted": bool(margins[b] > self.calibration.answer_gate[1])}
+                verdicts.append(Verdict(float(score), self.threshold, bool(score > self.threshold), explanation))
         return verdicts
 
     def head_contributions(self, features: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -62,7 +62,8 @@ def _headguard(cache: Path, device: str, **scoring) -> Defense:
 
 
 class HeadguardDefense(Defense):
-    """Attention-head anomaly scoring (headguard.detect), one forward pass per input."""
+    """Attention-head anomaly scoring (headguard.detect): one forward pass per input, and a second
+    for the few whose answer the gate reads."""
 
     name = "headguard"
 
@@ -82,8 +83,11 @@ class HeadguardDefense(Defense):
         return self.detector.calibration.setting()
 
     def _score(self, texts: list[str]) -> np.ndarray:
-        self.forward_passes += len(texts)
-        return self.detector.scores(texts)
+        read = self.detector.answers_read
+        scores = self.detector.scores(texts)
+        # One pass per input, and one more for each whose answer the gate read.
+        self.forward_passes += len(texts) + self.detector.answers_read - read
+        return scores
 
 
 # "none" measures the model alone. Each factory takes (cache folder, device); headguard's also

@@ -103,5 +103,17 @@ class Classifier:
 
         return map_batches(run, texts, batch_size, np.concatenate)
 
+    @torch.no_grad()
+    def answer_margins(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """[n]: each answer's top label logit over the next one: how sure the model is of its answer."""
+        if not texts:
+            return np.zeros(0)
+
+        def run(batch: list[str]) -> np.ndarray:
+            top = self.label_logits(self.encode(batch)).float().topk(2, dim=-1).values
+            return (top[:, 0] - top[:, 1]).cpu().numpy()
+
+        return map_batches(run, texts, batch_size, np.concatenate)
+
     def predict(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         return self.proba(texts, batch_size).argmax(-1)
