@@ -13,7 +13,8 @@ reads) beside its score, and compares thresholds:
 - `prompts`: the quantile of the prompts' own scores (bench/threshold_rule.py);
 - `gate q`: an input scoring between the prompts' own q quantile and the pooled threshold is
   flagged when its answer's margin is above every margin of the calibration rows (prompts and
-  variants, out of fold) that score there too;
+  variants, out of fold) that score there too, or of the GATE_ROWS highest-scoring under the
+  threshold where fewer do (`gate 0.98` is the detector's answer gate, docs/METHOD.md §3);
 - `add w`: w times the answer's margin, in standard deviations from the calibration prompts
   giving the same answer, added to the score, and the threshold taken again as
   `Calibration.fit` takes it.
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from headguard.detect.calibration import GATE_ROWS
 from headguard.detect.defaults import score_defaults
 from headguard.lab.build import read_manifest
 from headguard.models.classifier import Classifier
@@ -99,6 +101,9 @@ def measure(model: Path, cache: Path) -> list[dict]:
     for q in GATE_QUANTILES:
         low = float(np.quantile(oof[:n_prompts], q))
         between = fitted & (oof > low) & (oof <= high)
+        if between.sum() < GATE_ROWS:  # the bar is taken over at least GATE_ROWS rows, as the detector's
+            under = np.flatnonzero(fitted & (oof <= high))
+            between[under[np.argsort(-oof[under], kind="stable")[:GATE_ROWS]]] = True
         bar = float(cal_answers[between, 0].max()) if between.any() else float("inf")
         # A gated input is lifted over the threshold, in its own score's order (for the AUROC).
         gated = {g: np.where((s > high) | ((s > low) & (margins[g] > bar)), high + 1 + s - low, s)

@@ -73,7 +73,7 @@ def _setting_name(setting: dict | None) -> str:
         return "default then"
     return (f"{'+'.join(setting['families'])}{' per head' if setting['per_head'] else ''}, "
             f"top {setting['top_k']}, {_coverage_name(setting['coverage'])}"
-            f"{', bands' if setting['length_bands'] else ''}")
+            f"{', bands' if setting['length_bands'] else ''}{', answer gate' if setting.get('answer_gate') else ''}")
 
 
 def _scoring(report: dict) -> str:
@@ -102,7 +102,7 @@ def defense_table(folder: Path = RESULTS) -> str:
             f"| {r['base']} | {r['dataset']} | {r['attack']} | {_seed(r['model'])} | {r['defense']} | {_scoring(r)} | "
             f"{inputs} | {fmt(d.get('auroc'))} | "
             f"{fmt(d.get('tpr_at_fpr_1pct'))} | {fmt(d['fpr_clean'])} | {ctrl} | "
-            f"{r['cost']['forward_passes_per_input']:.1f} | {r['cost']['seconds_per_input']:.4f} | "
+            f"{r['cost']['forward_passes_per_input']:.2f} | {r['cost']['seconds_per_input']:.4f} | "
             f"{r['cost_model']['seconds_per_input']:.4f} |"
         )
     return "\n".join(lines)
@@ -659,9 +659,10 @@ def code_sources_table(name: str = "decoder-code-sources") -> str:
 
 
 def output_gate_table() -> str:
-    """bench/results/output-gate.json (bench/output_gate.py): per model, the default's threshold and
-    the rules that read the model's answer beside it."""
-    rows = [r for r in json.loads((RESULTS / "output-gate.json").read_text()) if r["rule"] != "margins"]
+    """bench/results/output-gate.json (bench/output_gate.py): per SmolLM2 model, the default's
+    threshold and the rules that read the model's answer beside it."""
+    rows = [r for r in json.loads((RESULTS / "output-gate.json").read_text())
+            if r["rule"] != "margins" and r["model"].startswith("smollm2-")]
     lines = ["| model | rule | AUROC | TPR@1%FPR | worst group | FPR clean "
              "| FPR controls (rare/typo/rep/code/long/other code) | FPR unseen |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -669,6 +670,25 @@ def output_gate_table() -> str:
         lines.append(f"| {r['model'].split('-', 1)[1]} | {r['rule']} | {fmt(r['auroc'])} | "
                      f"{fmt(r['tpr_at_fpr_1pct'])} | {fmt(100 * rate, 1)} % {group} | {fmt(r['fpr_clean'])} | "
                      f"{controls_cell(r['fpr_controls'], other_code=True)} | {fmt(r['fpr_unseen'])} |")
+    return "\n".join(lines)
+
+
+def encoder_gate_table() -> str:
+    """bench/results/output-gate.json's MiniLM models, one row each: TPR and the worst group's
+    false-positive rate without the answer gate and with it from each quantile."""
+    rules = ("pooled", "gate 0.99", "gate 0.98", "gate 0.97")
+    by_model: dict[str, dict[str, dict]] = {}
+    for r in json.loads((RESULTS / "output-gate.json").read_text()):
+        if r["model"].startswith("minilm-") and r["rule"] in rules:
+            by_model.setdefault(r["model"], {})[r["rule"]] = r
+    lines = ["| model | AUROC | no gate | gate 0.99 | gate 0.98 (the default) | gate 0.97 |",
+             "|---|---|---|---|---|---|"]
+    for model, rows in by_model.items():
+        cells = []
+        for rule in rules:
+            rate, group = _worst_fpr(rows[rule])
+            cells.append(f"{fmt(rows[rule]['tpr_at_fpr_1pct'])}; {fmt(100 * rate, 1)} % {group}")
+        lines.append(f"| {model.split('-', 1)[1]} | {fmt(rows['pooled']['auroc'])} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -692,7 +712,7 @@ TABLES = {"lab": lab_table, "defenses": defense_table, "versus": versus_table,
           "toward-eval": lambda: defense_table(RESULTS / "toward"),
           "toward-outputs": lambda: readouts_table("toward/smollm2-sms-composite-s0.head-outputs"),
           "toward-cost": lambda: cost_table((RESULTS / "toward",)),
-          "output-gate": output_gate_table}
+          "output-gate": output_gate_table, "encoder-gate": encoder_gate_table}
 
 if __name__ == "__main__":
     print(TABLES[sys.argv[1]]())
